@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: `register(subparsers)` adds its parser, `run(args)` executes it."""
