@@ -143,7 +143,7 @@ class Session:
 
         for sid in session.removed_at() + session.pinned:
             try:
-                parse_id(sid, session.num_blocks)
+                parse_id(sid, session.num_blocks, allow_block=True)
             except Exception as exc:  # noqa: BLE001 - re-raised as a session error
                 raise SessionError(f"{source} is corrupt: {exc}") from exc
         return session

@@ -1,0 +1,1 @@
+"""Calibration and evaluation text: named corpora or local files, tokenised and fingerprinted."""
