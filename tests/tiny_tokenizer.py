@@ -13,7 +13,7 @@ def tiny_tokenizer(add_bos: bool = True):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     vocab.update({ch: 4 + i for i, ch in enumerate(CHARS)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     if add_bos:
         tok.post_processor = processors.TemplateProcessing(

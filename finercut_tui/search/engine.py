@@ -1,0 +1,389 @@
+"""The search as a generator of events, for every method.
+
+FinerCut (greedy): at each step score every remaining candidate c as the distance between the
+original model and the current pruned model with c also removed; remove the lowest; repeat.
+Similarity drop (LLM-Drop): importance = 1 - cos(input, output) of each module; one-shot
+ranks once on the dense model, iterative re-measures after every removal.
+
+Between candidate evaluations the engine polls the controller: pause/step/cancel, pin/unpin,
+force-remove, undo and evaluate-now. A manual removal or an undo changes the model, so the
+current step starts over; an evaluation leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from finercut_tui.errors import FinercutError
+from finercut_tui.model.sublayers import expand, parse_id, sort_key, split_id
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search import methods as M
+from finercut_tui.search.controller import Cancelled, Command, Controller
+from finercut_tui.search.events import (
+    CandidateScored,
+    CandidateStarted,
+    EvalFinished,
+    EvalStarted,
+    Event,
+    LogMessage,
+    Paused,
+    PinChanged,
+    Resumed,
+    SearchFinished,
+    SearchStarted,
+    StepStarted,
+    SublayerRemoved,
+    SublayerRestored,
+)
+from finercut_tui.search.metrics import get_metric
+from finercut_tui.search.scoring import Scorer
+from finercut_tui.search.similarity import angular_gap, measure_similarities
+
+Evaluator = Callable[[Any, int], list[dict]]  # (request, step) -> eval records
+
+
+@dataclass
+class SearchConfig:
+    method: str = "finercut"
+    target: int = 1
+    metric: str = "js"
+    iterative: bool = False
+    exclude_front: float = 0.0
+    block_metric: str = "cosine"
+    batch_size: int | None = None
+    prefix_cache: str = "gpu"
+    eval_every: int = 0
+    eval_request: Any = None
+
+    def metric_label(self) -> str:
+        if self.method == "finercut":
+            return self.metric
+        return self.block_metric if self.method == "block-drop" else "cosine"
+
+    def validate(self, num_blocks: int) -> None:
+        M.check_method(self.method)
+        if self.method == "finercut":
+            get_metric(self.metric)
+        if not 0.0 <= self.exclude_front < 1.0:
+            raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
+        if self.block_metric not in M.BLOCK_METRICS:
+            raise FinercutError(
+                f"unknown --block-metric {self.block_metric!r}: choose {', '.join(M.BLOCK_METRICS)}"
+            )
+        if self.block_metric == "angular-gap" and self.iterative:
+            raise FinercutError(
+                "--block-metric angular-gap picks one contiguous run: it cannot be --iterative"
+            )
+        if self.eval_every < 0:
+            raise FinercutError("--eval-every must be >= 0")
+
+
+class _Restart(Exception):
+    """The model changed by hand mid-step: score the step again."""
+
+
+class SearchEngine:
+    def __init__(
+        self,
+        pm: PrunableModel,
+        input_ids: torch.Tensor,
+        config: SearchConfig,
+        controller: Controller | None = None,
+        order: list[str] | None = None,
+        pinned: set[str] | None = None,
+        one_shot_scores: dict[str, float] | None = None,
+        evaluator: Evaluator | None = None,
+        evaluated_steps: set[int] | None = None,
+    ):
+        config.validate(pm.num_blocks)
+        self.pm = pm
+        self.input_ids = input_ids
+        self.config = config
+        self.controller = controller or Controller()
+        self.order: list[str] = list(order or [])  # removal units, as recorded in the session
+        self.pinned: set[str] = set(expand(pinned or []))
+        self.one_shot_scores = one_shot_scores
+        self.evaluator = evaluator
+        self.evaluated_steps = set(evaluated_steps or ())
+        self._log: list[str] = []
+        self.scorer: Scorer | None = None
+        if config.method == "finercut":
+            self.scorer = Scorer(
+                pm,
+                input_ids,
+                metric=config.metric,
+                batch_size=config.batch_size,
+                prefix_cache=config.prefix_cache,
+                log=self._log.append,
+            )
+        pm.set_removed(expand(self.order))
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """The index the next removal will get."""
+        return len(self.order) + 1
+
+    def _progress(self) -> int:
+        return M.progress(self.config.method, self.pm.num_blocks, self.pm.removed)
+
+    def _candidates(self) -> tuple[list[str], list[str]]:
+        removed = self.pm.removed
+        units = [
+            u
+            for u in M.universe(self.config.method, self.pm.num_blocks)
+            if not M.is_removed(u, removed) and not M.is_pinned(u, self.pinned)
+        ]
+        held_blocks = set()
+        if self.config.method == "finercut":
+            held_blocks = M.front_held_blocks(self.pm.num_blocks, self.config.exclude_front, len(removed))
+        free = [u for u in units if M.block_of(u) not in held_blocks]
+        held = [u for u in units if M.block_of(u) in held_blocks]
+        return (free, held) if free else (held, [])  # never wait forever on held-back blocks
+
+    def _drain_logs(self) -> Iterator[Event]:
+        while self._log:
+            yield LogMessage(self._log.pop(0), "warning")
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        cfg = self.config
+        yield SearchStarted(
+            method=cfg.method,
+            metric=cfg.metric
+            if cfg.method == "finercut"
+            else cfg.block_metric
+            if cfg.method == "block-drop"
+            else "cosine",
+            num_blocks=self.pm.num_blocks,
+            target=cfg.target,
+            unit=M.unit(cfg.method),
+            removed=tuple(self.order),
+            pinned=tuple(sorted(self.pinned, key=sort_key)),
+        )
+        reason = "target"
+        try:
+            if cfg.eval_every and 0 not in self.evaluated_steps and not self.order:
+                yield from self._evaluate(cfg.eval_request)
+            while self._progress() < cfg.target:
+                try:
+                    yield from self._checkpoint()
+                    chosen = yield from self._one_step()
+                except _Restart:
+                    continue
+                if chosen is None:
+                    reason = "exhausted"
+                    break
+                if cfg.eval_every and len(self.order) % cfg.eval_every == 0:
+                    yield from self._evaluate(cfg.eval_request)
+            if cfg.eval_every and len(self.order) not in self.evaluated_steps:
+                yield from self._evaluate(cfg.eval_request)
+        except Cancelled:
+            reason = "cancelled"
+        yield from self._drain_logs()
+        yield SearchFinished(reason=reason, removed=tuple(self.order))
+
+    def _one_step(self) -> Iterator[Event]:
+        candidates, held = self._candidates()
+        if not candidates:
+            return None
+        yield StepStarted(self.step, tuple(candidates), tuple(held))
+        started = time.perf_counter()
+        if self.config.method == "finercut":
+            scores = yield from self._score_finercut(candidates)
+            computed = dict(scores)
+        elif self.config.method == "block-drop" and self.config.block_metric == "angular-gap":
+            return (yield from self._angular_gap_run(candidates, started))
+        else:
+            scores, computed = yield from self._score_similarity(candidates)
+        yield from self._checkpoint(scores)  # a pin that came in during the last candidate
+        scores = {u: s for u, s in scores.items() if not M.is_pinned(u, self.pinned)}
+        if not scores:
+            raise _Restart()
+        best = min(candidates, key=lambda u: (scores.get(u, float("inf")), sort_key(u)))
+        yield from self._remove(best, "search", scores[best], computed, time.perf_counter() - started)
+        return best
+
+    # -- FinerCut ----------------------------------------------------------------------------------------
+    def _score_finercut(self, candidates: list[str]) -> Iterator[Event]:
+        scorer = self.scorer
+        scorer.reference()
+        scorer.begin_step()
+        yield from self._drain_logs()
+        pending, scores = list(candidates), {}
+        while pending:
+            yield from self._checkpoint(scores, pending)
+            if not pending:
+                break
+            uid = pending.pop(0)
+            total = len(scores) + len(pending) + 1
+            yield CandidateStarted(self.step, uid, len(scores) + 1, total)
+            t0 = time.perf_counter()
+            scores[uid] = scorer.score(uid)
+            yield CandidateScored(self.step, uid, scores[uid], len(scores), total, time.perf_counter() - t0)
+            yield from self._drain_logs()
+        return scores
+
+    # -- similarity drop ---------------------------------------------------------------------------------
+    def _importance(self) -> dict[str, float]:
+        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size)
+        out = {f"{b}.attn": 1.0 - s for b, s in sims.attn.items()}
+        out.update({f"{b}.mlp": 1.0 - s for b, s in sims.mlp.items()})
+        out.update({f"{b}.block": 1.0 - s for b, s in sims.block.items()})
+        return out
+
+    def _score_similarity(self, candidates: list[str]) -> Iterator[Event]:
+        """Returns (scores of this step's candidates, scores to record for this step)."""
+        if self.config.iterative:
+            importance = self._importance()
+            computed = {u: importance[u] for u in candidates}
+        elif self.one_shot_scores is None:
+            removed = list(self.order)
+            self.pm.restore_all()  # one-shot scores come from the dense model
+            try:
+                importance = self._importance()
+            finally:
+                self.pm.set_removed(expand(removed))
+            self.one_shot_scores = {
+                u: importance[u] for u in M.universe(self.config.method, self.pm.num_blocks)
+            }
+            computed = dict(self.one_shot_scores)
+        else:
+            computed = {}
+        ranking = self.one_shot_scores if not self.config.iterative else computed
+        for i, uid in enumerate(sorted(computed, key=sort_key), 1):
+            yield CandidateScored(self.step, uid, computed[uid], i, len(computed))
+        return {u: ranking[u] for u in candidates}, computed
+
+    def _angular_gap_run(self, candidates: list[str], started: float) -> Iterator[Event]:
+        """Remove the contiguous run of n blocks whose input and output are closest in angle."""
+        n = self.config.target - self._progress()
+        free = {M.block_of(u) for u in candidates}
+        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size)
+        gaps = {
+            b: g for b, g in angular_gap(sims.last_token, n).items() if all(b + i in free for i in range(n))
+        }
+        if not gaps:
+            raise FinercutError(f"no run of {n} consecutive removable blocks left for angular-gap")
+        scores = {f"{b}.block": g for b, g in gaps.items()}
+        for i, uid in enumerate(sorted(scores, key=sort_key), 1):
+            yield CandidateScored(self.step, uid, scores[uid], i, len(scores))
+        start = min(gaps, key=lambda b: (gaps[b], b))
+        for i in range(n):
+            yield from self._remove(
+                f"{start + i}.block",
+                "search",
+                gaps[start],
+                scores if i == 0 else {},
+                time.perf_counter() - started if i == 0 else 0.0,
+            )
+        return f"{start}.block"
+
+    # -- changes ------------------------------------------------------------------------------------------
+    def _remove(
+        self, uid: str, by: str, score: float | None, scores: dict[str, float], seconds: float | None
+    ) -> Iterator[Event]:
+        step = self.step
+        self.order.append(uid)
+        self.pm.set_removed(expand(self.order))
+        yield SublayerRemoved(
+            step=step, sublayer=uid, by=by, score=score, scores=dict(scores), seconds=seconds
+        )
+        if by == "search":
+            self.controller.removal_done()
+
+    def _evaluate(self, request: Any) -> Iterator[Event]:
+        step = len(self.order)
+        if self.evaluator is None or request is None:
+            yield LogMessage(
+                "evaluation asked for but no evaluation is configured (--ppl / --tasks)", "warning"
+            )
+            return
+        describe = getattr(request, "describe", None)
+        yield EvalStarted(step, describe() if callable(describe) else str(request))
+        try:
+            records = self.evaluator(request, step)
+        except FinercutError as exc:
+            yield LogMessage(f"evaluation failed: {exc}", "error")
+            return
+        self.evaluated_steps.add(step)
+        for record in records:
+            self.evaluated_steps.add(int(record.get("step", step)))
+            yield EvalFinished(int(record.get("step", step)), record)
+
+    def _checkpoint(
+        self, scores: dict[str, float] | None = None, pending: list[str] | None = None
+    ) -> Iterator[Event]:
+        """Handle queued commands; block while paused. Raises _Restart when the model changed."""
+        restart = False
+        announced_pause = False
+        while True:
+            self.controller.raise_if_cancelled()
+            for command in self.controller.drain():
+                restart |= yield from self._handle(command, scores, pending)
+            if not self.controller.paused:
+                break
+            if not announced_pause:
+                announced_pause = True
+                yield Paused(self.step)
+            self.controller.wait_while_paused()
+        if announced_pause:
+            yield Resumed(self.step)
+        if restart:
+            raise _Restart()
+
+    def _unit_for(self, sid: str) -> str:
+        return f"{split_id(sid)[0]}.block" if self.config.method == "block-drop" else sid
+
+    def _handle(self, command: Command, scores, pending) -> Iterator[Event]:
+        name = command.name
+        if name == "evaluate":
+            yield from self._evaluate(command.arg)
+            return False
+        if name == "undo":
+            if not self.order:
+                yield LogMessage("nothing to undo", "warning")
+                return False
+            uid = self.order.pop()
+            self.pm.set_removed(expand(self.order))
+            yield SublayerRestored(step=len(self.order) + 1, sublayer=uid)
+            return True
+        try:
+            sid = parse_id(command.arg, self.pm.num_blocks, allow_block=True)
+        except FinercutError as exc:
+            yield LogMessage(str(exc), "error")
+            return False
+        if name in ("pin", "unpin"):
+            parts = set(expand([sid]))
+            if name == "pin":
+                self.pinned |= parts
+            else:
+                self.pinned -= parts
+            yield PinChanged(sid, name == "pin")
+            if scores is not None:
+                for uid in list(scores):
+                    if M.is_pinned(uid, self.pinned):
+                        del scores[uid]
+            if pending is not None:
+                pending[:] = [u for u in pending if not M.is_pinned(u, self.pinned)]
+                if name == "unpin":
+                    free, _ = self._candidates()
+                    pending.extend(u for u in free if u not in scores and u not in pending)
+            return False
+        if name == "force_remove":
+            uid = self._unit_for(sid)
+            if M.is_removed(uid, self.pm.removed):
+                yield LogMessage(f"{uid} is already removed", "warning")
+                return False
+            if M.is_pinned(uid, self.pinned):
+                yield LogMessage(f"{uid} is pinned: unpin it (p) before removing it", "warning")
+                return False
+            yield from self._remove(uid, "manual", None, {}, None)
+            return True
+        yield LogMessage(f"unknown command {name!r}", "error")
+        return False

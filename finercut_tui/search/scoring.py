@@ -1,0 +1,191 @@
+"""Scoring candidates fast: reference logits once, block inputs cached per greedy step.
+
+Prefix caching: all candidates in block b share the residual stream entering block b. Once per
+greedy step we run the current pruned model with pre-hooks that keep every block's input; a
+candidate in block b is then scored by running the real model's forward with blocks 0..b-1
+swapped for a stand-in that returns the cached input of block b. Embeddings, masks, the final
+norm, soft-capping and the head all run through the model's own code, so this works for every
+architecture in the adapter table and with blocks spread over devices (`device_map="auto"`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from finercut_tui.model.sublayers import split_id
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.metrics import NEEDS_REFERENCE, get_metric
+
+PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
+
+
+class _CachedPrefix(nn.Module):
+    """Stands in for blocks 0..b-1: ignores its input and returns block b's cached input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: torch.Tensor | None = None
+        self.as_tuple = False
+
+    def forward(self, *args, **kwargs):
+        return (self.value,) if self.as_tuple else self.value
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    start: int
+    stop: int
+
+
+class Scorer:
+    """Scores "the current pruned model with one more sublayer removed" against the original model."""
+
+    def __init__(
+        self,
+        pm: PrunableModel,
+        input_ids: torch.Tensor,
+        metric: str = "js",
+        batch_size: int | None = None,
+        prefix_cache: str = "gpu",
+        log: Callable[[str], None] = lambda message: None,
+    ):
+        self.pm = pm
+        self.metric_name = metric
+        self.metric = get_metric(metric)
+        self.input_ids = input_ids.to(pm.input_device)
+        self.batch_size = batch_size or int(input_ids.shape[0])
+        if prefix_cache not in PREFIX_CACHE_MODES:
+            raise ValueError(f"prefix_cache must be one of {PREFIX_CACHE_MODES}")
+        self.prefix_cache = prefix_cache
+        self.log = log
+        self._reference: list[torch.Tensor] | None = None
+        self._block_inputs: list[list[torch.Tensor]] | None = None  # [batch][block]
+        self._tuple_outputs = False
+        self._stub = _CachedPrefix()
+
+    # -- batching --------------------------------------------------------------------------------
+    def _batches(self) -> list[_Batch]:
+        n = int(self.input_ids.shape[0])
+        return [_Batch(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def _with_oom_fallback(self, fn):
+        """Run fn(); on out-of-memory halve the batch size (dropping caches) and retry."""
+        while True:
+            try:
+                return fn()
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                self._reference = None
+                self._block_inputs = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.log(f"out of memory: retrying with --batch-size {self.batch_size}")
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.pm.model(input_ids=ids, use_cache=False).logits
+
+    # -- reference -------------------------------------------------------------------------------
+    def reference(self) -> list[torch.Tensor]:
+        """Logits of the original (unpruned) model, per batch, computed once."""
+        if self._reference is None and NEEDS_REFERENCE[self.metric_name]:
+            self._with_oom_fallback(self._compute_reference)
+        return self._reference or []
+
+    def _compute_reference(self) -> None:
+        removed = self.pm.removed
+        self.pm.restore_all()
+        try:
+            with torch.inference_mode():
+                self._reference = [self._forward(self.input_ids[b.start : b.stop]) for b in self._batches()]
+        finally:
+            self.pm.set_removed(removed)
+
+    # -- per greedy step ---------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Cache the input of every block for the current pruned model (one forward pass)."""
+        self._block_inputs = None
+        if self.prefix_cache != "off":
+            self._with_oom_fallback(self._capture_block_inputs)
+
+    def _capture_block_inputs(self) -> None:
+        to_cpu = self.prefix_cache == "cpu"
+        captured: list[torch.Tensor] = []
+
+        def keep(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured.append(hidden.detach().to("cpu", non_blocking=True) if to_cpu else hidden.detach())
+
+        def note_output(module, args, output):
+            self._tuple_outputs = isinstance(output, tuple)
+
+        handles = [block.register_forward_pre_hook(keep, with_kwargs=True) for block in self.pm.blocks]
+        handles.append(self.pm.blocks[0].register_forward_hook(note_output))
+        per_batch = []
+        try:
+            with torch.inference_mode():
+                for b in self._batches():
+                    captured = []
+                    self._forward(self.input_ids[b.start : b.stop])
+                    per_batch.append(captured)
+        finally:
+            for h in handles:
+                h.remove()
+        self._block_inputs = per_batch
+
+    # -- candidates --------------------------------------------------------------------------------
+    def score(self, sid: str) -> float:
+        """Distance to the original model of the current model with `sid` also removed."""
+        self.reference()
+        if self.prefix_cache != "off" and self._block_inputs is None:
+            self.begin_step()
+        with self.pm.removed_also(sid):
+            return self._with_oom_fallback(lambda: self._score_current(split_id(sid)[0]))
+
+    def score_current(self) -> float:
+        """Distance of the current pruned model itself (no extra removal)."""
+        self.reference()
+        return self._with_oom_fallback(lambda: self._score_current(0))
+
+    def _score_current(self, first_block: int) -> float:
+        reference = (
+            self.reference()
+        )  # after an out-of-memory retry the prefix cache may be gone: full forward
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for i, b in enumerate(self._batches()):
+                ids = self.input_ids[b.start : b.stop]
+                logits = self._logits_from(first_block, i, ids)
+                for row in range(logits.shape[0]):  # one sample at a time bounds fp32 memory
+                    ref = reference[i][row : row + 1] if reference else None
+                    values = self.metric(ref, logits[row : row + 1], ids[row : row + 1])
+                    total += float(values.double().sum())
+                    count += values.numel()
+        return total / count
+
+    def _logits_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
+        if first_block == 0 or self._block_inputs is None:
+            return self._forward(ids)
+        cached = self._block_inputs[batch][first_block]
+        device = self.pm.block_devices()[first_block]
+        self._stub.value = cached.to(device, non_blocking=True)
+        self._stub.as_tuple = self._tuple_outputs
+        blocks = self.pm.blocks
+        originals = [blocks[j] for j in range(first_block)]
+        try:
+            for j in range(first_block):
+                blocks[j] = self._stub
+            return self._forward(ids)
+        finally:
+            for j, module in enumerate(originals):
+                blocks[j] = module
+            self._stub.value = None

@@ -1,0 +1,124 @@
+"""LLM-Drop importance in one forward pass: 1 - mean cosine(input, output) per module.
+
+For block b with residual input X: attention Y = X + attn(X) (after its residual add); MLP input
+is that Y (or X when the attention is removed), output Y + mlp(Y); block: cos(X, block output).
+Parallel-residual blocks (GPT-NeoX) have both sublayers read X: attention Y = X + attn(X), MLP
+Y = X + mlp(X). Sublayer contributions are taken from the output of each group's last module
+(Gemma's post-norm included), via forward hooks, for all modules at once; cosines in fp32,
+averaged over every calibration token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from finercut_tui.errors import FinercutError
+from finercut_tui.model.surgery import PrunableModel
+
+
+@dataclass
+class Similarities:
+    attn: dict[int, float] = field(default_factory=dict)  # block -> mean cosine
+    mlp: dict[int, float] = field(default_factory=dict)
+    block: dict[int, float] = field(default_factory=dict)
+    # residual stream entering each block and leaving the last one, at each sample's last token
+    last_token: list[torch.Tensor] = field(default_factory=list)  # L+1 tensors of shape (N, d)
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def measure_similarities(
+    pm: PrunableModel, input_ids: torch.Tensor, batch_size: int | None = None
+) -> Similarities:
+    if pm.arch.post_norm(pm.config):
+        raise FinercutError(
+            "similarity drop needs a pre-norm model (the residual stream is normalised after each sublayer in "
+            "this post-norm OPT); use --method finercut"
+        )
+    L = pm.num_blocks
+    sums = {
+        "attn": torch.zeros(L, dtype=torch.float64),
+        "mlp": torch.zeros(L, dtype=torch.float64),
+        "block": torch.zeros(L, dtype=torch.float64),
+    }
+    tokens = 0
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    last_token: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
+
+    def cos_sum(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(F.cosine_similarity(x.float(), y.float(), dim=-1).double().sum())
+
+    def on_input(b):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            state[b] = {"x": x, "mid": x}
+            last_token[b].append(x[:, -1].float().cpu())
+
+        return hook
+
+    def on_attn(b):
+        def hook(module, args, output):
+            x = state[b]["x"]
+            y = x + _first(output).view_as(x)
+            sums["attn"][b] += cos_sum(x, y)
+            if not pm.parallel_residual:
+                state[b]["mid"] = y
+
+        return hook
+
+    def on_mlp(b):
+        def hook(module, args, output):
+            mid = state[b]["mid"]
+            sums["mlp"][b] += cos_sum(mid, mid + _first(output).view_as(mid))
+
+        return hook
+
+    def on_output(b):
+        def hook(module, args, kwargs, output):
+            out = _first(output)
+            sums["block"][b] += cos_sum(state.pop(b)["x"], out)
+            if b == L - 1:
+                last_token[L].append(out[:, -1].float().cpu())
+
+        return hook
+
+    handles = []
+    for b, block in enumerate(pm.blocks):
+        handles.append(block.register_forward_pre_hook(on_input(b), with_kwargs=True))
+        handles.append(block.register_forward_hook(on_output(b), with_kwargs=True))
+        for kind, hook in (("attn", on_attn(b)), ("mlp", on_mlp(b))):
+            if f"{b}.{kind}" not in pm.removed:
+                group = pm.arch.attn if kind == "attn" else pm.arch.mlp
+                handles.append(pm.original_modules(f"{b}.{kind}")[group[-1][0]].register_forward_hook(hook))
+    ids = input_ids.to(pm.input_device)
+    step = batch_size or int(ids.shape[0])
+    try:
+        with torch.inference_mode():
+            for start in range(0, ids.shape[0], step):
+                chunk = ids[start : start + step]
+                pm.model(input_ids=chunk, use_cache=False, logits_to_keep=1)
+                tokens += chunk.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    result = Similarities(last_token=[torch.cat(parts) for parts in last_token])
+    for kind in ("attn", "mlp", "block"):
+        for b in range(L):
+            if kind == "block" or f"{b}.{kind}" not in pm.removed:
+                getattr(result, kind)[b] = float(sums[kind][b] / tokens)
+    return result
+
+
+def angular_gap(last_token: list[torch.Tensor], n: int) -> dict[int, float]:
+    """Gromov et al.: arccos(cos(h_b, h_{b+n})) / pi at the last token, averaged over samples, per start b."""
+    L = len(last_token) - 1
+    out = {}
+    for b in range(L - n + 1):
+        cos = F.cosine_similarity(last_token[b].double(), last_token[b + n].double(), dim=-1).clamp(-1.0, 1.0)
+        out[b] = float((torch.arccos(cos) / torch.pi).mean())
+    return out

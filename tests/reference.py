@@ -1,0 +1,79 @@
+"""Slow, obviously-correct references for the search maths (independent of the code under test)."""
+
+from __future__ import annotations
+
+import torch
+
+from finercut_tui.model.adapters import architecture_for
+
+
+def logits_with_zeroed(model, ids, removed) -> torch.Tensor:
+    """Full forward of the *unmodified* model with removed sublayers' outputs multiplied by zero."""
+    arch = architecture_for(model.config)
+    blocks = dict(model.named_modules())[arch.blocks]
+    handles = []
+    for sid in removed:
+        b, kind = sid.split(".")
+        kinds = ["attn", "mlp"] if kind == "block" else [kind]
+        for k in kinds:
+            group = arch.attn if k == "attn" else arch.mlp
+            last = getattr(blocks[int(b)], group[-1][0])
+            handles.append(
+                last.register_forward_hook(
+                    lambda m, i, o: (o[0] * 0.0,) + o[1:] if isinstance(o, tuple) else o * 0.0
+                )
+            )
+    try:
+        with torch.no_grad():
+            return torch.cat([model(ids[i : i + 1], use_cache=False).logits for i in range(ids.shape[0])])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def js_by_hand(p_logits, q_logits):
+    p, q = torch.softmax(p_logits.double(), -1), torch.softmax(q_logits.double(), -1)
+    m = (p + q) / 2
+    kl_pm = (p * (p.log() - m.log())).sum(-1)
+    kl_qm = (q * (q.log() - m.log())).sum(-1)
+    return (0.5 * kl_pm + 0.5 * kl_qm).mean().item()
+
+
+def js_ref_by_hand(p_logits, q_logits):
+    """0.5 * (KL(M||P) + KL(M||Q)), each averaged over tokens x vocabulary (torch kl_div 'mean')."""
+    p, q = torch.softmax(p_logits.double(), -1), torch.softmax(q_logits.double(), -1)
+    m = (p + q) / 2
+    return (0.5 * ((m * (m.log() - p.log())).mean() + (m * (m.log() - q.log())).mean())).item()
+
+
+def kl_by_hand(p_logits, q_logits):
+    p, q = torch.softmax(p_logits.double(), -1), torch.softmax(q_logits.double(), -1)
+    return (p * (p.log() - q.log())).sum(-1).mean().item()
+
+
+HAND_METRICS = {"js": js_by_hand, "js-ref": js_ref_by_hand, "kl": kl_by_hand}
+
+
+def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=0.0):
+    """The FinerCut greedy loop, a full forward per candidate. Returns (order, step-1 scores)."""
+    L = model.config.num_hidden_layers
+    original = logits_with_zeroed(model, ids, [])
+    removed: list[str] = []
+    first_scores = None
+    while len(removed) < target:
+        held = set()
+        if exclude_front > 0 and len(removed) < int(L * exclude_front) + 1:
+            held = set(range(int(L * exclude_front / 2) + 1))
+        candidates = [
+            f"{b}.{k}"
+            for b in range(L)
+            for k in ("attn", "mlp")
+            if f"{b}.{k}" not in removed and f"{b}.{k}" not in pinned and b not in held
+        ]
+        scores = {
+            c: HAND_METRICS[metric](original, logits_with_zeroed(model, ids, removed + [c]))
+            for c in candidates
+        }
+        first_scores = first_scores or scores
+        removed.append(min(candidates, key=lambda c: scores[c]))
+    return removed, first_scores

@@ -1,0 +1,120 @@
+"""FinerCut greedy search: the removal order and scores equal a slow reference; speed options change nothing."""
+
+import pytest
+import torch
+import yaml
+from reference import greedy_finercut
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from finercut_tui.cli import main
+from finercut_tui.data.calibration import build_calibration
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.engine import SearchConfig, SearchEngine
+from finercut_tui.search.events import SublayerRemoved
+
+CALIB = ["--calib-samples", "3", "--seq-len", "24"]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name in ("llama", "gpt_neox"):
+        tiny_model(name).save_pretrained(root / name)
+        tiny_tokenizer(add_bos=(name == "llama")).save_pretrained(root / name)
+        paths[name] = root / name
+    return paths
+
+
+def calibration_ids(path, text_path, samples=3, seq_len=24):
+    from transformers import AutoTokenizer
+
+    return build_calibration(AutoTokenizer.from_pretrained(path), str(text_path), samples, seq_len).input_ids
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("metric", ["js", "js-ref", "kl"])
+def test_run_target_all_matches_slow_reference(name, metric, saved_models, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    text = "tests/data/english.txt"
+    session = tmp_path / "s.yaml"
+    code = main(
+        [
+            "run",
+            "--model",
+            str(saved_models[name]),
+            "--method",
+            "finercut",
+            "--metric",
+            metric,
+            "--target",
+            "all",
+            "--calib",
+            text,
+            *CALIB,
+            "--session",
+            str(session),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    data = yaml.safe_load(session.read_text())
+    order = [s["removed"] for s in data["steps"]]
+
+    model = AutoModelForCausalLM.from_pretrained(saved_models[name]).eval()
+    ids = calibration_ids(saved_models[name], text)
+    want_order, want_scores = greedy_finercut(model, ids, metric, target=8)
+    assert order == want_order
+    got_scores = data["steps"][0]["scores"]
+    assert set(got_scores) == set(want_scores)
+    for sid, value in want_scores.items():
+        assert got_scores[sid] == pytest.approx(value, rel=1e-5, abs=1e-9), sid
+
+
+def _engine_run(pm, ids, **config):
+    engine = SearchEngine(pm, ids, SearchConfig(**config))
+    events = list(engine.run())
+    removed = [e for e in events if isinstance(e, SublayerRemoved)]
+    return [e.sublayer for e in removed], removed[0].scores
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt_neox", "opt"])
+def test_prefix_cache_on_off_and_offloaded_agree(name):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 128, (3, 20))
+    results = {}
+    for mode in ("off", "gpu", "cpu"):
+        pm = PrunableModel(tiny_model(name))
+        results[mode] = _engine_run(pm, ids, method="finercut", target=8, prefix_cache=mode, batch_size=2)
+    order_off, scores_off = results["off"]
+    for mode in ("gpu", "cpu"):
+        order, scores = results[mode]
+        assert order == order_off, mode
+        for sid, value in scores_off.items():
+            assert scores[sid] == pytest.approx(value, rel=1e-5, abs=1e-9), (mode, sid)
+
+
+def test_pins_are_never_removed_and_front_exclusion_holds_back(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 128, (2, 16))
+    model = tiny_model("llama", num_hidden_layers=6)
+    pm = PrunableModel(model)
+    engine = SearchEngine(
+        pm, ids, SearchConfig(method="finercut", target=10, exclude_front=0.4), pinned={"4.attn", "5.mlp"}
+    )
+    events = list(engine.run())
+    order = [e.sublayer for e in events if isinstance(e, SublayerRemoved)]
+    assert "4.attn" not in order and "5.mlp" not in order and len(order) == 10
+    # L=6, X=0.4: blocks 0..1 wait until int(6*0.4)+1 = 3 sublayers are removed
+    assert all(int(sid.split(".")[0]) >= 2 for sid in order[:3])
+    from finercut_tui.search.events import StepStarted
+
+    steps = [e for e in events if isinstance(e, StepStarted)]
+    assert set(steps[0].held_back) == {"0.attn", "0.mlp", "1.attn", "1.mlp"}
+    assert steps[3].held_back == ()
+    want, _ = greedy_finercut(
+        tiny_model("llama", num_hidden_layers=6), ids, "js", 10, pinned={"4.attn", "5.mlp"}, exclude_front=0.4
+    )
+    assert order == want
