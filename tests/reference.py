@@ -54,11 +54,12 @@ def kl_by_hand(p_logits, q_logits):
 HAND_METRICS = {"js": js_by_hand, "js-ref": js_ref_by_hand, "kl": kl_by_hand}
 
 
-def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=0.0):
-    """The FinerCut greedy loop, a full forward per candidate. Returns (order, step-1 scores)."""
+def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=0.0, start=()):
+    """The FinerCut greedy loop, a full forward per candidate, from the removals in `start`.
+    Returns (order including `start`, scores of the first greedy step)."""
     L = model.config.num_hidden_layers
     original = logits_with_zeroed(model, ids, [])
-    removed: list[str] = []
+    removed: list[str] = list(start)
     first_scores = None
     while len(removed) < target:
         held = set()

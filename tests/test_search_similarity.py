@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import logits_with_zeroed  # noqa: F401  (documents the zeroing convention)
 from tiny_models import tiny_model
 
 from finercut_tui.model.adapters import architecture_for

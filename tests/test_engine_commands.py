@@ -1,0 +1,149 @@
+"""Commands reach a running search between candidate evaluations and do what they say."""
+
+import threading
+
+import torch
+from reference import greedy_finercut
+from tiny_models import tiny_model
+
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.controller import Controller
+from finercut_tui.search.engine import SearchConfig, SearchEngine
+from finercut_tui.search.events import (
+    CandidateScored,
+    EvalFinished,
+    Paused,
+    PinChanged,
+    SearchFinished,
+    SublayerRemoved,
+    SublayerRestored,
+)
+
+IDS = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(3))
+
+
+def engine(target=4, evaluator=None, **kw):
+    ctl = Controller()
+    eng = SearchEngine(
+        PrunableModel(tiny_model("llama")),
+        IDS,
+        SearchConfig(method="finercut", target=target, **kw),
+        controller=ctl,
+        evaluator=evaluator,
+    )
+    return eng, ctl
+
+
+def removals(events):
+    return [(e.sublayer, e.by) for e in events if isinstance(e, SublayerRemoved)]
+
+
+def test_uninterrupted_order_is_the_reference_order():
+    eng, _ = engine(target=4)
+    want, _ = greedy_finercut(tiny_model("llama"), IDS, "js", 4)
+    assert [s for s, _ in removals(eng.run())] == want
+
+
+def test_pin_mid_step_excludes_the_candidate_for_good():
+    want, scores = greedy_finercut(tiny_model("llama"), IDS, "js", 1)
+    eng, ctl = engine(target=3)
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateScored) and ev.index == 1:
+            ctl.pin(want[0])  # the sublayer the search would remove first
+    order = [s for s, _ in removals(events)]
+    assert want[0] not in order and len(order) == 3
+    assert any(isinstance(e, PinChanged) and e.pinned for e in events)
+    assert want[0] in eng.pinned
+
+
+def test_force_remove_is_manual_and_the_step_starts_over():
+    eng, ctl = engine(target=3)
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateScored) and ev.step == 1 and ev.index == 2:
+            ctl.force_remove("0.attn")
+    got = removals(events)
+    assert got[0] == ("0.attn", "manual")
+    assert [by for _, by in got[1:]] == ["search", "search"]
+    want, _ = greedy_finercut(tiny_model("llama"), IDS, "js", 3, start=["0.attn"])
+    assert [s for s, _ in got] == want  # the target counts the manual removal
+
+
+def test_undo_restores_and_is_reported():
+    eng, ctl = engine(target=2)
+    events = []
+    undone = False
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, SublayerRemoved) and not undone:
+            undone = True
+            ctl.pin(ev.sublayer)
+            ctl.undo()
+    restored = [e for e in events if isinstance(e, SublayerRestored)]
+    first = removals(events)[0][0]
+    assert restored and restored[0].sublayer == first and restored[0].step == 1
+    assert first not in eng.order and len(eng.order) == 2
+    assert first not in eng.pm.removed
+
+
+def test_step_pauses_after_exactly_one_removal_then_resume_finishes():
+    eng, ctl = engine(target=3)
+    ctl.pause()
+    events = []
+
+    def consume():
+        for ev in eng.run():
+            events.append(ev)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    import time
+
+    deadline = time.time() + 20
+    while not any(isinstance(e, Paused) for e in events) and time.time() < deadline:
+        time.sleep(0.01)
+    assert removals(events) == []
+    ctl.step()
+    while len(removals(events)) < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    while sum(isinstance(e, Paused) for e in events) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(removals(events)) == 1 and ctl.paused
+    ctl.resume()
+    t.join(30)
+    assert len(removals(events)) == 3 and isinstance(events[-1], SearchFinished)
+
+
+def test_evaluate_now_does_not_change_the_order():
+    calls = []
+
+    def evaluator(request, step):
+        calls.append((request, step))
+        torch.manual_seed(1234)  # an evaluation may touch RNG state: the search must not care
+        return [{"step": step, "results": {"fake": 1.0}}]
+
+    eng, ctl = engine(target=4, evaluator=evaluator)
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateScored) and ev.step == 2 and ev.index == 3:
+            ctl.evaluate("ppl")
+    want, _ = greedy_finercut(tiny_model("llama"), IDS, "js", 4)
+    assert [s for s, _ in removals(events)] == want
+    assert calls == [("ppl", 1)]
+    assert [e.step for e in events if isinstance(e, EvalFinished)] == [1]
+
+
+def test_cancel_ends_cleanly():
+    eng, ctl = engine(target=8)
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, SublayerRemoved):
+            ctl.cancel()
+    assert isinstance(events[-1], SearchFinished) and events[-1].reason == "cancelled"
+    assert len(removals(events)) == 1
