@@ -104,7 +104,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def eval_request_from_args(args):
+def eval_request_from_args(args, calibration_source: str | None = None):
     if not (args.ppl or args.tasks):
         return None
     from finercut_tui.eval.request import EvalRequest
@@ -148,12 +148,7 @@ def options_from_args(args):
     opts.batch_size = args.batch_size
     opts.prefix_cache = args.prefix_cache
     opts.eval_every = args.eval_every
-    if args.calib is None and args.resume is False:
-        opts.calib = "wikitext2"
-    request = eval_request_from_args(args)
-    if request is not None and not args.calib:
-        request.calibration_source = opts.calib
-    opts.eval_request = request
+    opts.eval_request = request = eval_request_from_args(args, calibration_source=opts.calib)
     if args.eval_every and request is None:
         from finercut_tui.errors import FinercutError
 

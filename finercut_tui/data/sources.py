@@ -2,6 +2,9 @@
 
 `wikitext2`: WikiText-2 raw (train split for calibration, test split for perplexity).
 `c4`: the first shard of C4's English validation split (both for calibration and perplexity).
+`pydoc`: the English reference text every Python ships as `pydoc_data.topics` (PSF licence; no
+download): the demo's calibration set. Topics in sorted order, first half for calibration,
+second half for evaluation, so the two never overlap.
 A local `.txt` is read whole; a `.jsonl` contributes the `text` field of each line, joined by "\n\n".
 """
 
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from finercut_tui.errors import FinercutError
 
-NAMED = ("wikitext2", "c4")
+NAMED = ("wikitext2", "c4", "pydoc")
 C4_VALIDATION_SHARD = "en/c4-validation.00000-of-00008.json.gz"
 
 
@@ -60,7 +63,18 @@ def _read_jsonl(path: Path) -> str:
     return "\n\n".join(texts)
 
 
+def _pydoc_text(purpose: str) -> Text:
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    half = len(names) // 2
+    chosen, split = (names[:half], "first-half") if purpose == "calibration" else (names[half:], "second-half")
+    return Text("pydoc", split, "\n\n".join(topics[name] for name in chosen))
+
+
 def _load_named(name: str, purpose: str) -> Text:
+    if name == "pydoc":
+        return _pydoc_text(purpose)
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency

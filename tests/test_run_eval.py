@@ -1,0 +1,61 @@
+"""Evaluation inside a search: --eval-every records, and evaluate-now leaves the order unchanged."""
+
+import torch
+import yaml
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from finercut_tui.cli import main
+from finercut_tui.eval.request import EvalRequest
+from finercut_tui.eval.runner import run_eval
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.controller import Controller
+from finercut_tui.search.engine import SearchConfig, SearchEngine
+from finercut_tui.search.events import CandidateScored, EvalFinished, SublayerRemoved
+
+
+def test_eval_every_records_steps_0_2_4_and_the_end(tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(open("tests/data/english.txt").read()[-3000:])
+    session = tmp_path / "s.yaml"
+    code = main(["run", "--model", str(model_dir), "--calib", "tests/data/english.txt", "--calib-samples", "2",
+                 "--seq-len", "16", "--target", "5", "--session", str(session), "--eval-every", "2",
+                 "--ppl", str(heldout), "--ppl-seq-len", "64", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    data = yaml.safe_load(session.read_text())
+    assert [e["step"] for e in data["evals"]] == [0, 2, 4, 5]
+    key = f"ppl:{heldout}"
+    baseline = data["evals"][0]["results"][key]
+    for record in data["evals"][1:]:
+        want = 100.0 * baseline / record["results"][key]
+        assert abs(record["retained"][key] - want) < 1e-6 * want
+
+
+def test_evaluate_now_with_real_perplexity_keeps_the_removal_order(tmp_path):
+    ids = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(9))
+    text = tmp_path / "t.txt"
+    text.write_text(open("tests/data/english.txt").read()[:2000])
+
+    def order(with_eval: bool):
+        pm = PrunableModel(tiny_model("llama"), tiny_tokenizer())
+        evals: list[dict] = []
+        ctl = Controller()
+        engine = SearchEngine(pm, ids, SearchConfig(method="finercut", target=4), controller=ctl,
+                              evaluator=lambda req, step: run_eval(pm, req, step, evals))
+        events = []
+        for ev in engine.run():
+            events.append(ev)
+            if isinstance(ev, EvalFinished):
+                evals.append(ev.record)
+            if with_eval and isinstance(ev, CandidateScored) and ev.step in (1, 3) and ev.index == 2:
+                ctl.evaluate(EvalRequest(ppl=str(text), ppl_seq_len=32))
+        got = [e.sublayer for e in events if isinstance(e, SublayerRemoved)]
+        return got, [e.step for e in events if isinstance(e, EvalFinished)]
+
+    plain, _ = order(False)
+    evaluated, eval_steps = order(True)
+    assert evaluated == plain
+    assert eval_steps == [0, 2]  # the request at step 0 is the baseline itself
