@@ -1,0 +1,55 @@
+"""`finercut-tui tui`: start or resume a search inside the workbench app (same options as `run`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    from finercut_tui.commands.run import add_search_args
+
+    p = subparsers.add_parser(
+        "tui",
+        help="run a search in the terminal workbench (watch, pin, remove, undo, evaluate)",
+        description=(
+            "Start (or --resume) a search inside the app: a grid of every block's attention and FFN "
+            "sublayer, this step's ranking, evaluations and a log. Every step is saved to --session; "
+            "press ? in the app for the keys."
+        ),
+    )
+    add_search_args(p)
+    add_terminal_args(p)
+    p.set_defaults(func=run)
+
+
+def add_terminal_args(parser: argparse.ArgumentParser) -> None:
+    t = parser.add_argument_group("terminal")
+    t.add_argument("--no-color", action="store_true", help="no colours (also: the NO_COLOR variable)")
+    t.add_argument("--no-mouse", action="store_true", help="leave the mouse to the terminal (tmux copy mode)")
+
+
+def apply_terminal_args(args: argparse.Namespace) -> None:
+    """Must run before the App is created: textual reads NO_COLOR then."""
+    if getattr(args, "no_color", False):
+        os.environ["NO_COLOR"] = "1"
+
+
+def run(args: argparse.Namespace) -> int:
+    from finercut_tui.commands.common import progress_printer
+    from finercut_tui.commands.run import job_from_args
+
+    apply_terminal_args(args)
+    job = job_from_args(args, progress=progress_printer())
+    from finercut_tui.tui.app import WorkbenchApp
+
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    code = app.run(mouse=not args.no_mouse)
+    print(f"session saved: {job.session_path}", file=sys.stderr)
+    if app.search_running:
+        # quit with a second q while an evaluation still ran: don't wait for the worker thread
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(0)
+    return int(code or app.return_code or 0)

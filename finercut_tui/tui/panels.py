@@ -1,0 +1,208 @@
+"""The widgets around the grid: status header, cell details, this step's ranking, eval history, legend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.style import Style
+from rich.text import Text
+from textual.widgets import DataTable, Static
+
+from finercut_tui.render import (
+    BARS,
+    LEGEND,
+    LEVELS,
+    Cell,
+    CellState,
+    LayerMap,
+    describe_eval,
+    fmt_score,
+    retained_text,
+)
+
+
+def clock_text(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+@dataclass
+class StatusInfo:
+    """Everything the header shows, gathered by the app."""
+
+    model: str
+    method: str
+    metric: str | None
+    target: int | None
+    unit: str
+    mode: str  # "live" | "replay"
+    state: str  # running, paused, pausing, stepping, evaluating, finished, error, loading, quitting, replay
+    step: int
+    removals: int
+    total_steps: int | None = None  # replay
+    candidate: int = 0
+    candidates: int = 0
+    elapsed: float | None = None
+    eta: float | None = None
+    device: str = ""
+
+
+STATE_STYLE = {
+    "running": "bold green",
+    "stepping": "bold green",
+    "paused": "bold yellow",
+    "pausing": "yellow",
+    "resuming": "green",
+    "evaluating": "bold magenta",
+    "finished": "bold cyan",
+    "cancelled": "bold yellow",
+    "error": "bold red",
+    "loading": "bold blue",
+    "quitting": "bold yellow",
+    "replay": "bold cyan",
+    "starting": "blue",
+}
+
+
+class StatusBar(Static):
+    """Two lines: what runs (model, method, target, state) and where it is (step, candidate, time, device)."""
+
+    def show(self, info: StatusInfo) -> None:
+        line1 = Text(no_wrap=True, overflow="ellipsis")
+        line1.append(" finercut ", "reverse bold")
+        line1.append(f" {info.model} ", "bold")
+        method = info.method + (f"/{info.metric}" if info.metric else "")
+        line1.append(f" {method} ")
+        if info.target is not None:
+            line1.append(f" target {info.target} {info.unit}s ")
+        line1.append(f" {info.state} ", STATE_STYLE.get(info.state.split()[0], "bold"))
+        line2 = Text(no_wrap=True, overflow="ellipsis")
+        if info.mode == "replay":
+            line2.append(f" step {info.removals}/{info.total_steps}", "bold")
+        else:
+            shown = info.removals if info.state in ("finished", "cancelled", "error") else info.step
+            line2.append(f" step {shown}/{info.target if info.target is not None else '?'}", "bold")
+            if info.candidates:
+                line2.append(f"  cand {info.candidate}/{info.candidates}")
+        line2.append(f"  elapsed {clock_text(info.elapsed)}")
+        if info.mode != "replay":
+            line2.append(f"  ETA {clock_text(info.eta) if info.eta is not None else '--:--'}")
+        if info.device:
+            line2.append(f"  {info.device}", "dim")
+        self.update(Text("\n").join([line1, line2]))
+
+
+class CellInfo(Static):
+    """What the cursor is on."""
+
+    def show(self, cell: Cell, layer_map: LayerMap) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f"{cell.sid:<8}", "bold")
+        if cell.unit != cell.sid:
+            text.append(f"({cell.unit}) ")
+        if cell.state is CellState.REMOVED:
+            text.append(f"removed at step {cell.step} by {cell.by}")
+            if cell.score is not None:
+                text.append(f", score {fmt_score(cell.score)}")
+        elif cell.state is CellState.PINNED:
+            text.append("pinned: never removed (p to unpin)")
+        elif cell.state is CellState.HELD:
+            text.append("held back by front exclusion")
+        elif cell.score is not None:
+            ranking = [u for u, _ in layer_map.ranking()]
+            rank = ranking.index(cell.unit) + 1 if cell.unit in ranking else None
+            text.append(f"score {fmt_score(cell.score)}")
+            if rank is not None:
+                text.append(f", rank {rank}/{len(ranking)}")
+            if cell.state is CellState.RUNNING:
+                text.append(" (scoring)")
+        elif cell.state is CellState.RUNNING:
+            text.append("being scored now")
+        elif cell.state is CellState.PENDING:
+            text.append("not scored yet this step")
+        else:
+            text.append("kept")
+        self.update(text)
+
+
+class RankingTable(DataTable):
+    """This step's scores, lowest (most removable) first."""
+
+    def on_mount(self) -> None:
+        self.add_columns("#", "unit", "score", "")
+
+    def show(self, layer_map: LayerMap) -> None:
+        rows = []
+        for rank, (unit, score) in enumerate(layer_map.ranking(), 1):
+            if layer_map.is_removed(unit):
+                mark = "×"
+            elif layer_map.is_pinned(unit):
+                mark = "◆"
+            elif unit == layer_map.next_unit:
+                mark = "→ next"
+            else:
+                mark = ""
+            rows.append((str(rank), unit, fmt_score(score), mark))
+        self.clear()
+        self.add_rows(rows)
+
+
+class EvalTable(DataTable):
+    """Evaluations so far with the score retained against the dense model."""
+
+    def on_mount(self) -> None:
+        self.add_columns("step", "kept", "results")
+
+    def show(self, evals: list[dict]) -> None:
+        self.clear()
+        self.add_rows((str(e.get("step", "?")), retained_text(e), describe_eval(e, width=60)) for e in evals)
+
+
+class Legend(Static):
+    """What the glyphs and colours of the grid mean (styled like the grid), packed into lines."""
+
+    _style_for: Callable[[Cell], Style] | None = None
+
+    def show(self, style_for: Callable[[Cell], Style]) -> None:
+        self._style_for = style_for
+        self._layout()
+
+    def on_resize(self) -> None:
+        self._layout()
+
+    def _items(self) -> list[Text]:
+        assert self._style_for is not None
+        items = []
+        for state, label in LEGEND:
+            item = Text()
+            if state is CellState.SCORED:
+                for level in (0, 2, 5, LEVELS - 1):
+                    item.append(BARS[level], self._style_for(Cell("0.attn", "0.attn", state, level=level)))
+            elif state is CellState.REMOVED:
+                item.append("×k", self._style_for(Cell("0.attn", "0.attn", state, step=1)))
+            else:
+                glyph = Cell("0.attn", "0.attn", state).text(2).strip() or "·"
+                item.append(glyph, self._style_for(Cell("0.attn", "0.attn", state)))
+            item.append(f" {label}")
+            items.append(item)
+        return items
+
+    def _layout(self) -> None:
+        if self._style_for is None:
+            return
+        width = max(20, self.content_region.width or 36)
+        lines: list[Text] = [Text()]
+        for item in self._items():
+            line = lines[-1]
+            if line.cell_len and line.cell_len + 2 + item.cell_len > width:
+                lines.append(Text())
+                line = lines[-1]
+            if line.cell_len:
+                line.append("  ")
+            line.append_text(item)
+        self.update(Text("\n").join(lines))

@@ -1,0 +1,282 @@
+"""Pilot tests of the live workbench on a tiny Llama: every key, checked against the engine and the
+session file on disk. The model is built and loaded once per module; each test gets a fresh job."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from pathlib import Path
+
+import pytest
+
+from finercut_tui.render import CellState
+from finercut_tui.session import Session
+
+DATA = Path(__file__).parent / "data"
+ENGLISH = str(DATA / "english.txt")
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The app leaves a core to the UI on CPU (torch.set_num_threads): undo it for other tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir):
+    from finercut_tui.model.loading import ModelSpec, load_model
+
+    return load_model(ModelSpec(str(tiny_dir), dtype="float32", device="cpu"), progress=lambda m: None)
+
+
+def make_job(tmp_path: Path, loaded, target: str = "3", **options):
+    from finercut_tui.model.loading import ModelSpec
+    from finercut_tui.search.job import SearchOptions, prepare_job
+
+    opts = SearchOptions(target=target, calib=ENGLISH, calib_samples=2, seq_len=16, **options)
+    spec = ModelSpec(str(loaded.spec.name_or_path), dtype="float32", device="cpu")
+    return prepare_job(opts, spec, tmp_path / "s.yaml", loaded=loaded, progress=lambda m: None)
+
+
+async def wait_for(pilot, predicate, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+def run_async(test):
+    """Run an async test body with asyncio (no pytest async plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+def on_disk(job) -> Session:
+    return Session.load(job.session_path)
+
+
+@run_async
+async def test_every_key_on_a_tiny_model(tmp_path, loaded):
+    from textual.widgets import Input
+
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.grid import LayerGrid
+    from finercut_tui.tui.screens import EvalScreen, HelpScreen
+
+    job = make_job(tmp_path, loaded, target="3")
+    job.controller.pause()  # start paused, so every key below acts at a known point
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(100, 30)) as pilot:
+        grid = app.query_one(LayerGrid)
+        await wait_for(pilot, lambda: app.map.paused, "the search to pause")
+        assert app._state() == "paused"
+        assert job.session.steps == []
+
+        # n: exactly one removal, then paused again
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(job.session.steps) == 1 and app.map.paused, "one step")
+        await pilot.pause(0.3)
+        assert len(job.session.steps) == 1 and job.controller.paused
+        first = job.session.steps[0]
+        assert (
+            first.by == "search" and first.scores and first.removed == min(first.scores, key=first.scores.get)
+        )
+        assert on_disk(job).removed_at() == [first.removed]
+        assert app.map.cell(*_split(first.removed)).state is CellState.REMOVED
+
+        # the cursor: arrows and hjkl
+        await pilot.press("j", "down", "l")
+        assert grid.cursor_sid == "2.mlp"
+        await pilot.press("k", "h", "up", "right")
+        assert grid.cursor_sid == "0.mlp"
+
+        # p: pin the best remaining candidate; the engine and the file know
+        best_next = min((u for u in first.scores if u != first.removed), key=first.scores.get)
+        grid.move_cursor(*_grid_pos(best_next))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: best_next in job.session.pinned, "the pin")
+        assert best_next in on_disk(job).pinned
+        assert best_next in job.engine.pinned
+        assert app.map.cell(*_split(best_next)).state is CellState.PINNED
+
+        # x: remove the cell under the cursor now, recorded as manual
+        victim = "0.mlp"
+        grid.move_cursor(*_grid_pos(victim))
+        await pilot.press("x")
+        await wait_for(pilot, lambda: len(job.session.steps) == 2, "the manual removal")
+        assert job.session.steps[-1].removed == victim and job.session.steps[-1].by == "manual"
+        assert on_disk(job).steps[-1].by == "manual"
+        assert victim in job.pm.removed
+
+        # u: undo restores it and records the undo
+        await pilot.press("u")
+        await wait_for(pilot, lambda: len(job.session.steps) == 1, "the undo")
+        assert victim not in job.pm.removed
+        saved = on_disk(job)
+        assert saved.removed_at() == [first.removed]
+        assert saved.undone and saved.undone[-1]["removed"] == victim
+        assert app.map.cell(0, "mlp").state is not CellState.REMOVED
+
+        # e: evaluate now (perplexity on a local text), the result lands in the session
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+        app.screen.query_one("#ppl", Input).value = ENGLISH
+        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
+        app.screen.query_one("#ppl", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(job.session.evals) >= 2, "the eval records", timeout=60)
+        steps_evaluated = [e["step"] for e in on_disk(job).evals]
+        assert steps_evaluated == [0, 1]  # the unpruned baseline, then the current model
+        assert "retained" in job.session.evals[-1]
+        assert len(app.map.evals) == 2
+
+        # s: save
+        job.session.notes = "saved by the test"
+        await pilot.press("s")
+        await pilot.pause(0.05)
+        assert on_disk(job).notes == "saved by the test"
+
+        # ?: help, then back
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+        # space: resume until the target; the pin is respected
+        await pilot.press("space")
+        await wait_for(pilot, lambda: app.map.finished is not None, "the search to finish")
+        await wait_for(pilot, lambda: not app.search_running, "the worker to end")
+        final = on_disk(job)
+        assert final.finished and len(final.steps) == 3
+        assert best_next not in final.removed_at()
+        assert app._state() == "finished"
+
+        # q: quits (saves)
+        await pilot.press("q")
+        await pilot.pause(0.1)
+    assert app.return_code == 0
+
+
+@run_async
+async def test_quit_mid_search_returns_within_one_candidate(tmp_path, loaded):
+    from finercut_tui.tui.app import WorkbenchApp
+
+    job = make_job(tmp_path, loaded, target="all")
+    scorer = job.engine.scorer
+    real_score = scorer.score
+
+    def slow_score(uid):
+        time.sleep(0.05)
+        return real_score(uid)
+
+    scorer.score = slow_score
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(job.session.steps) >= 1, "the first removal")
+        started = time.monotonic()
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit", timeout=5)
+        assert time.monotonic() - started < 2.0
+    assert app.return_code == 0
+    assert job.controller.cancelled
+    saved = on_disk(job)
+    assert 1 <= len(saved.steps) < 8 and not saved.finished
+    assert saved.removed_at() == job.session.removed_at()
+
+
+@run_async
+async def test_worker_error_shows_one_line_and_keeps_the_session(tmp_path, loaded):
+    from textual.widgets import Log
+
+    from finercut_tui.tui.app import WorkbenchApp
+
+    job = make_job(tmp_path, loaded, target="all")
+    scorer = job.engine.scorer
+    real_score = scorer.score
+    calls = {"n": 0}
+
+    def failing_score(uid):
+        calls["n"] += 1
+        if calls["n"] > 10:  # after the first step (8 candidates) went through
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
+        return real_score(uid)
+
+    scorer.score = failing_score
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app._error is not None, "the error")
+        await wait_for(pilot, lambda: not app.search_running, "the worker to end")
+        assert "out of GPU memory" in app._error and "\n" not in app._error
+        await pilot.pause(0.1)
+        log_text = "\n".join(str(line) for line in app.query_one(Log).lines)
+        assert "error: out of GPU memory" in log_text
+        assert app._state() == "error"
+        assert len(on_disk(job).steps) == 1  # the finished step is on disk, intact
+        await pilot.press("s")
+        await pilot.press("q")
+        await pilot.pause(0.1)
+    assert app.return_code == 0
+    assert on_disk(job).removed_at() == job.session.removed_at()
+
+
+@run_async
+async def test_replay_continue_from_a_step_resumes_in_a_new_session(tmp_path, loaded):
+    """`c` in replay writes the first K steps to <name>-from-K.yaml, loads the model and resumes."""
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.screens import ConfirmScreen
+
+    job = make_job(tmp_path, loaded, target="3")
+    for _ in job.events():
+        pass
+    original = on_disk(job)
+    assert len(original.steps) == 3
+
+    app = WorkbenchApp(original, job.session_path, replay_step=3)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("left", "left")
+        assert app.replay_step == 1
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("y")
+        new_path = tmp_path / "s-from-1.yaml"
+        await wait_for(pilot, lambda: app.mode == "live" or app._error, "the model to load", timeout=60)
+        assert app._error is None, app._error
+        await wait_for(pilot, lambda: app.map.finished is not None, "the continued search")
+        await wait_for(pilot, lambda: not app.search_running, "the worker to end")
+        await pilot.press("q")
+    continued = Session.load(new_path)
+    assert continued.removed_at()[:1] == original.removed_at()[:1]
+    assert len(continued.steps) == 3 and continued.finished
+    assert "continued from s.yaml at step 1" in continued.notes
+    assert on_disk(job).removed_at() == original.removed_at()  # the replayed file is untouched
+
+
+def _split(sid: str) -> tuple[int, str]:
+    block, kind = sid.split(".")
+    return int(block), kind
+
+
+def _grid_pos(sid: str) -> tuple[int, int]:
+    block, kind = _split(sid)
+    return block, 0 if kind == "attn" else 1
