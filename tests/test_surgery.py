@@ -1,5 +1,6 @@
 """Sublayer surgery on every architecture: exact, reversible, zero compute, cache-correct."""
 
+import inspect
 import math
 
 import pytest
@@ -188,8 +189,9 @@ def test_cache_holds_only_kept_attention_layers():
     pm = PrunableModel(model)
     pm.set_removed(["0.attn", "3.attn", "1.mlp"])
     cache = pm.make_cache()
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
-        model(tiny_inputs(1, 5), cache=cache, use_cache=True)
+        model(tiny_inputs(1, 5), use_cache=True, **{cache_kw: cache})
     assert len(cache.layers) == 2  # blocks 1 and 2 keep attention
     assert [type(layer).__name__ for layer in cache.layers] == ["DynamicLayer", "DynamicSlidingWindowLayer"]
     assert cache.get_seq_length() == 5

