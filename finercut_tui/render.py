@@ -139,6 +139,8 @@ class LayerMap:
         self.candidates: tuple[str, ...] = ()
         self.held_back: tuple[str, ...] = ()
         self.scores: dict[str, float] = {}
+        self.scores_step: int | None = None  # the step `scores` were computed for
+        self.step_open = False  # a step is being scored (between StepStarted and its removal)
         self.running: str | None = None
         self.candidate_index = 0
         self.candidate_total = 0
@@ -212,14 +214,15 @@ class LayerMap:
         return any(s in self._pinned_parts for s in expand([unit]))
 
     def remaining_evaluations(self) -> int:
-        """Candidate evaluations still to run until the target (an estimate for the ETA)."""
+        """Candidate evaluations still to run until the target (an estimate for the ETA): the rest of
+        this step, then one candidate fewer per greedy step."""
         if self.finished is not None or self.target is None:
             return 0
-        in_step = max(0, self.candidate_total - self.candidate_index)
+        in_step = max(0, self.candidate_total - self.candidate_index) if self.step_open else 0
         if self.one_shot or self.method != "finercut":
             return in_step
-        steps_left = max(0, self.target - self.progress() - 1)
-        per_step = self.candidate_total or len(self.candidates)
+        per_step = len(self.candidates) or self.candidate_total
+        steps_left = max(0, self.target - self.progress() - (1 if self.step_open else 0))
         return in_step + sum(max(0, per_step - i) for i in range(1, steps_left + 1))
 
     # -- changes ---------------------------------------------------------------------------------------
@@ -253,11 +256,15 @@ class LayerMap:
             self.candidates, self.held_back = event.candidates, event.held_back
             if not self.one_shot:
                 self._set_scores({})
+                self.scores_step = event.step
+            self.step_open = True
             self.running, self.candidate_index, self.candidate_total = None, 0, len(event.candidates)
         elif isinstance(event, E.CandidateStarted):
             self.running = event.sublayer
             self.candidate_index, self.candidate_total = event.index - 1, event.total
         elif isinstance(event, E.CandidateScored):
+            if self.one_shot and self.scores_step is None:
+                self.scores_step = event.step
             self.scores[event.sublayer] = event.score
             self._levels = None
             if self.running == event.sublayer:
@@ -267,8 +274,11 @@ class LayerMap:
             self._set_removals([*self.removals, Removal(event.step, event.sublayer, event.by, event.score)])
             self.running = None
             self.step = event.step + 1
+            self.step_open = False
+            self.candidate_index = self.candidate_total = 0
             if event.scores and not self.scores:
                 self._set_scores(event.scores)
+                self.scores_step = event.step
         elif isinstance(event, E.SublayerRestored):
             kept = list(self.removals)
             for i in range(len(kept) - 1, -1, -1):
@@ -277,6 +287,8 @@ class LayerMap:
                     break
             self._set_removals(kept)
             self.step = len(kept) + 1
+            self.step_open = False
+            self.candidate_index = self.candidate_total = 0
         elif isinstance(event, E.PinChanged):
             pins = set(self.pinned)
             if event.pinned:
@@ -321,10 +333,12 @@ class LayerMap:
         removed = set(m.removed_sublayers)
         if k < len(steps) and steps[k].scores:
             m._set_scores(steps[k].scores)
+            m.scores_step = k + 1
         elif m.one_shot:
-            first = next((s.scores for s in steps if s.scores), None)
+            first = next(((i, s.scores) for i, s in enumerate(steps, 1) if s.scores), None)
             if first:
-                m._set_scores({u: v for u, v in first.items() if not M.is_removed(u, removed)})
+                m._set_scores({u: v for u, v in first[1].items() if not M.is_removed(u, removed)})
+                m.scores_step = first[0]
         if method in M.METHODS:
             units = [
                 u

@@ -124,3 +124,37 @@ def test_replay_rejects_a_bad_step(tmp_path):
 
     assert main(["replay", str(DATA / "sessions_fixture_30.yaml"), "--step", "99"]) == 2
     assert main(["replay", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_command_palette_runs_the_replay_actions():
+    from finercut_tui.tui.app import WorkbenchApp
+
+    async def go() -> int:
+        app = WorkbenchApp(session_30(), "sessions/s30.yaml", replay_step=3)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            await pilot.press(*"previous step")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            return app.replay_step
+
+    assert asyncio.run(go()) == 2
+
+
+def test_no_color_flag_is_set_before_the_app_exists(monkeypatch):
+    import os
+
+    from finercut_tui.cli import build_parser
+    from finercut_tui.commands.replay import build_app
+    from finercut_tui.commands.tui import apply_terminal_args
+
+    monkeypatch.setenv("NO_COLOR", "")
+    monkeypatch.delenv("NO_COLOR")
+    path = str(DATA / "sessions_fixture_30.yaml")
+    assert not build_app(path).no_color
+    args = build_parser().parse_args(["replay", path, "--no-color"])
+    apply_terminal_args(args)
+    assert "NO_COLOR" in os.environ
+    assert build_app(path).no_color

@@ -398,7 +398,13 @@ class WorkbenchApp(App[int]):
         if self.mode == "replay":
             title.update(f"after {self.map.step - 1} removals: step {self.map.step} ranking (lowest first)")
         else:
-            title.update(f"step {self.map.step} ranking (lowest = most removable)")
+            step = self.map.scores_step
+            if step is None:
+                title.update("ranking (lowest = most removable)")
+            elif self.map.step_open or step == self.map.step:
+                title.update(f"step {step} ranking (lowest = most removable)")
+            else:
+                title.update(f"step {step} ranking (done; step {self.map.step} next)")
 
     def _state(self) -> str:
         if self._loading:

@@ -4,57 +4,74 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Markdown, Static
+from textual.widgets import Button, Input, Label, Static
 
-HELP = """\
-# finercut-tui
+HELP_INTRO = (
+    "The grid shows every decoder block (rows, folded into columns on big models) with its attention "
+    "and FFN sublayer. The search scores the candidates (lower = more removable) and removes the "
+    "lowest each step. The session file is saved after every step."
+)
 
-The grid shows every decoder block (rows, folded into columns on big models) with its
-**attention** and **FFN** sublayer. The search scores candidates (lower score = more removable)
-and removes the lowest each step. Everything is saved to the session file after every step.
+HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Cells",
+        (
+            ("○", "a candidate not scored yet in this step"),
+            ("▶", "being scored now"),
+            ("▁▂▃▄▅▆▇█", "scored: bar and colour from the lowest (most removable) to the highest score"),
+            ("×k", "removed at step k (orange: by hand)"),
+            ("◆", "pinned: never removed"),
+            ("░░░░", "held back by front exclusion (not a candidate yet)"),
+            ("·", "kept (not a candidate now)"),
+            ("[    ]", "the cursor"),
+        ),
+    ),
+    (
+        "Live search",
+        (
+            ("space", "pause / resume (after the current candidate)"),
+            ("n", "run until the next removal, then pause"),
+            ("arrows  h j k l", "move the cursor (pgup / pgdn: a screen)"),
+            ("p", "pin / unpin the cell under the cursor"),
+            ("x", "remove the cell now (recorded as manual)"),
+            ("u", "undo the last removal"),
+            ("e", "evaluate the pruned model now: perplexity and/or lm-eval tasks"),
+            ("s", "save the session now"),
+            ("q", "quit: saves; the search stops after the current candidate"),
+        ),
+    ),
+    (
+        "Replay",
+        (
+            ("← →  [ ]", "one removal back / forward"),
+            ("home  end", "the unpruned model / every removal"),
+            ("↑ ↓  h j k l", "move the cursor"),
+            ("c", "continue the search from the shown step in a new session (loads the model)"),
+            ("q", "quit"),
+        ),
+    ),
+    ("Everywhere", (("ctrl+p", "command palette: every action by name"), ("?", "this help (esc closes)"))),
+)
 
-## Cells
 
-| glyph | meaning |
-|---|---|
-| `○` | a candidate not scored yet in this step |
-| `▶` | being scored now |
-| `▁▂▃▄▅▆▇█` | scored: bar height and colour from the lowest (most removable) to the highest score of this step |
-| `×k` | removed at step k (orange: by hand) |
-| `◆` | pinned: never removed |
-| `░░░░` | held back by front exclusion (not a candidate yet) |
-| `·` | kept (not a candidate now) |
-
-## Keys (live search)
-
-| key | action |
-|---|---|
-| `space` | pause / resume |
-| `n` | run until the next removal, then pause |
-| arrows, `h j k l` | move the cursor |
-| `p` | pin / unpin the cell under the cursor |
-| `x` | remove the cell now (recorded as *manual*) |
-| `u` | undo the last removal |
-| `e` | evaluate the pruned model now (perplexity and/or lm-eval tasks) |
-| `s` | save the session |
-| `q` | quit (saves; the search stops after the current candidate) |
-| `ctrl+p` | command palette (every action) |
-| `?` | this help |
-
-## Keys (replay)
-
-| key | action |
-|---|---|
-| `←` `→` or `[` `]` | step back / forward through the removals |
-| `home` `end` | first / last step |
-| `↑` `↓`, `h j k l` | move the cursor |
-| `c` | continue the search from the shown step in a new session (loads the model) |
-| `q` | quit |
-"""
+def help_text() -> Group:
+    parts: list[Text | Table] = [Text(HELP_INTRO)]
+    for title, rows in HELP_SECTIONS:
+        parts.append(Text(f"\n{title}", "bold underline"))
+        table = Table.grid(padding=(0, 2))
+        table.add_column(min_width=16, style="bold", no_wrap=True)
+        table.add_column(ratio=1)
+        for key, meaning in rows:
+            table.add_row(key, meaning)
+        parts.append(table)
+    return Group(*parts)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -63,8 +80,12 @@ class HelpScreen(ModalScreen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="help-box"):
-            yield Markdown(HELP)
+        with VerticalScroll(id="help-box") as box:
+            box.border_title = "finercut-tui help"
+            yield Static(help_text(), id="help-text")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box").focus()
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)
@@ -87,8 +108,8 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm-box", classes="dialog"):
             yield Static(self.question, id="confirm-question")
             with Horizontal(classes="buttons"):
-                yield Button(f"{self.yes} (y)", id="yes", variant="warning")
-                yield Button(f"{self.no} (n)", id="no", variant="primary")
+                yield Button(f"{self.yes} (y)", id="yes", variant="warning", compact=True)
+                yield Button(f"{self.no} (n)", id="no", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -127,19 +148,30 @@ class EvalScreen(ModalScreen[EvalForm | None]):
             yield Label("Evaluate the pruned model now", classes="dialog-title")
             with Grid(id="eval-grid"):
                 yield Label("perplexity on")
-                yield Input(f.ppl, placeholder="wikitext2 | c4 | PATH (empty: none)", id="ppl")
+                yield Input(f.ppl, placeholder="wikitext2 | c4 | PATH (empty: none)", id="ppl", compact=True)
                 yield Label("max tokens")
-                yield Input(f.ppl_max_tokens, placeholder="all", id="ppl_max_tokens", type="integer")
+                yield Input(
+                    f.ppl_max_tokens, placeholder="all", id="ppl_max_tokens", type="integer", compact=True
+                )
                 yield Label("lm-eval tasks")
-                yield Input(f.tasks, placeholder="arc_easy,hellaswag (empty: none)", id="tasks")
+                yield Input(f.tasks, placeholder="arc_easy,hellaswag (empty: none)", id="tasks", compact=True)
                 yield Label("tasks folder")
-                yield Input(f.tasks_dir, placeholder="local task YAMLs (optional)", id="tasks_dir")
+                yield Input(
+                    f.tasks_dir, placeholder="local task YAMLs (optional)", id="tasks_dir", compact=True
+                )
                 yield Label("limit")
-                yield Input(f.limit, placeholder="examples per task (or fraction < 1)", id="limit")
+                yield Input(
+                    f.limit, placeholder="examples per task (or fraction < 1)", id="limit", compact=True
+                )
+            yield Static(
+                "Runs between two candidates (also while paused); the baseline of the unpruned model is "
+                "measured once. enter: evaluate · esc: cancel",
+                id="eval-hint",
+            )
             yield Static(self.error, id="eval-error")
             with Horizontal(classes="buttons"):
-                yield Button("Evaluate", id="run", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button("Evaluate", id="run", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#ppl", Input).focus()
