@@ -168,6 +168,19 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["s.yaml"]  # no temp file left behind
 
 
+def test_saved_sessions_get_normal_file_permissions(tmp_path):
+    s = Session(model={"num_blocks": 2}, calibration={}, method={"name": "finercut"})
+    old = os.umask(0o022)
+    try:
+        s.save(tmp_path / "new.yaml")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.yaml").stat().st_mode & 0o777 == 0o644
+    (tmp_path / "new.yaml").chmod(0o640)
+    s.save(tmp_path / "new.yaml")
+    assert (tmp_path / "new.yaml").stat().st_mode & 0o777 == 0o640
+
+
 def test_session_round_trip_keeps_scores_exactly(tmp_path):
     from finercut_tui.session import Step
 
