@@ -280,3 +280,53 @@ def _split(sid: str) -> tuple[int, str]:
 def _grid_pos(sid: str) -> tuple[int, int]:
     block, kind = _split(sid)
     return block, 0 if kind == "attn" else 1
+
+
+class BlockingJob:
+    """A stand-in job (no model): starts an evaluation and holds it until cancelled."""
+
+    def __init__(self, session_path: Path) -> None:
+        from data.sessions_fixture import make_session
+
+        from finercut_tui.search.controller import Controller
+
+        self.session = make_session(8, 2)
+        self.session_path = session_path
+        self.controller = Controller()
+        self.loaded = None
+        self.saves = 0
+
+    def events(self):
+        from finercut_tui.search import events as E
+
+        yield E.SearchStarted("finercut", "js", 8, 4, "sublayer", tuple(self.session.removed_at()), ())
+        yield E.EvalStarted(2, "ppl wikitext2 (seq 2048)")
+        while not self.controller.cancelled:
+            time.sleep(0.01)
+        yield E.SearchFinished("cancelled", tuple(self.session.removed_at()))
+
+    def save(self) -> None:
+        self.saves += 1
+        self.session.save(self.session_path)
+
+
+@run_async
+async def test_quit_asks_only_while_an_evaluation_runs(tmp_path):
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.screens import ConfirmScreen
+
+    job = BlockingJob(tmp_path / "b.yaml")
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.map.evaluating is not None, "the evaluation to start")
+        assert app._state() == "evaluating"
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")  # stay
+        assert not isinstance(app.screen, ConfirmScreen) and app.is_running
+        assert not job.controller.cancelled
+        await pilot.press("q")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit", timeout=5)
+    assert job.controller.cancelled and job.saves >= 1
+    assert Session.load(job.session_path).removed_at() == job.session.removed_at()

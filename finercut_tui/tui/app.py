@@ -396,7 +396,13 @@ class WorkbenchApp(App[int]):
         self.query_one(EvalTable).show(self.map.evals)
         title = self.query_one("#ranking-title", Label)
         if self.mode == "replay":
-            title.update(f"after {self.map.step - 1} removals: step {self.map.step} ranking (lowest first)")
+            k = self.map.step - 1
+            if self.map.scores:
+                title.update(f"after {k} removals: step {k + 1} ranking (lowest first)")
+            elif k < len(self.session.steps):
+                title.update(f"after {k} removals: step {k + 1} was chosen by hand")
+            else:
+                title.update(f"after {k} removals: the end of the session")
         else:
             step = self.map.scores_step
             if step is None:

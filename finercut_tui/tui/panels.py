@@ -75,12 +75,12 @@ class StatusBar(Static):
     def show(self, info: StatusInfo) -> None:
         line1 = Text(no_wrap=True, overflow="ellipsis")
         line1.append(" finercut ", "reverse bold")
+        line1.append(f" {info.state} ", STATE_STYLE.get(info.state.split()[0], "bold"))
         line1.append(f" {info.model} ", "bold")
         method = info.method + (f"/{info.metric}" if info.metric else "")
         line1.append(f" {method} ")
         if info.target is not None:
-            line1.append(f" target {info.target} {info.unit}s ")
-        line1.append(f" {info.state} ", STATE_STYLE.get(info.state.split()[0], "bold"))
+            line1.append(f" target {info.target}" + (" blocks " if info.unit == "block" else " "))
         line2 = Text(no_wrap=True, overflow="ellipsis")
         if info.mode == "replay":
             line2.append(f" step {info.removals}/{info.total_steps}", "bold")
@@ -94,7 +94,9 @@ class StatusBar(Static):
             line2.append(f"  ETA {clock_text(info.eta) if info.eta is not None else '--:--'}")
         if info.device:
             line2.append(f"  {info.device}", "dim")
-        self.update(Text("\n").join([line1, line2]))
+        text = Text("\n").join([line1, line2])
+        text.no_wrap, text.overflow = True, "ellipsis"
+        self.update(text)
 
 
 class CellInfo(Static):
