@@ -11,6 +11,7 @@ from finercut_tui.search.controller import Controller
 from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import (
     CandidateScored,
+    CandidateStarted,
     EvalFinished,
     Paused,
     PinChanged,
@@ -147,3 +148,49 @@ def test_cancel_ends_cleanly():
             ctl.cancel()
     assert isinstance(events[-1], SearchFinished) and events[-1].reason == "cancelled"
     assert len(removals(events)) == 1
+
+
+def test_unpin_mid_step_makes_the_sublayer_a_candidate_that_can_win():
+    want, _ = greedy_finercut(tiny_model("llama"), IDS, "js", 1)
+    eng = SearchEngine(
+        PrunableModel(tiny_model("llama")), IDS, SearchConfig(method="finercut", target=1), pinned={want[0]}
+    )
+    ctl = eng.controller
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateScored) and ev.index == 1:
+            ctl.unpin(want[0])
+    removed = [e for e in events if isinstance(e, SublayerRemoved)]
+    assert [e.sublayer for e in removed] == want  # the unconstrained best, now unpinned, wins
+    assert removed[0].score == min(removed[0].scores.values())
+
+
+def test_pinning_everything_scored_then_unpinning_one_does_not_crash():
+    model = tiny_model("llama", num_hidden_layers=2)
+    eng = SearchEngine(PrunableModel(model), IDS, SearchConfig(method="finercut", target=1), pinned={"1.mlp"})
+    ctl = eng.controller
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateStarted) and ev.index == 1:
+            for sid in ("0.attn", "0.mlp", "1.attn"):
+                ctl.pin(sid)
+            ctl.unpin("1.mlp")
+    assert [e.sublayer for e in events if isinstance(e, SublayerRemoved)] == ["1.mlp"]
+
+
+def test_a_crashing_evaluation_is_logged_and_the_search_goes_on():
+    def evaluator(request, step):
+        raise RuntimeError("CUDA out of memory inside lm-eval")
+
+    eng, ctl = engine(target=2, evaluator=evaluator)
+    events = []
+    for ev in eng.run():
+        events.append(ev)
+        if isinstance(ev, CandidateScored) and ev.step == 1 and ev.index == 1:
+            ctl.evaluate("tasks")
+    from finercut_tui.search.events import LogMessage
+
+    assert any(isinstance(e, LogMessage) and "evaluation failed (RuntimeError" in e.text for e in events)
+    assert len(removals(events)) == 2 and events[-1].reason == "target"

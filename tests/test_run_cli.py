@@ -263,3 +263,42 @@ def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_order(bigger_llama
         run_argv(bigger_llama, killed, "--resume"), check=True, env=env, capture_output=True, timeout=600
     )
     assert Session.load(killed).removed_at() == want
+
+
+def test_resume_refuses_changed_search_options_and_records_a_new_target(capsys, llama_dir, tmp_path):
+    session = make_session(capsys, llama_dir, tmp_path, target="2")
+    before = session.read_bytes()
+    for extra, key in ((["--metric", "kl"], "metric"), (["--exclude-front", "0.5"], "exclude_front")):
+        code, line = run(capsys, "--session", str(session), "--resume", "--target", "4", "--quiet", *extra)
+        assert code == 2 and f"was searched with {key}" in line, line
+        assert session.read_bytes() == before
+    code, _ = run(capsys, "--session", str(session), "--resume", "--target", "4", "--quiet")
+    assert code == 0
+    resumed = Session.load(session)
+    assert len(resumed.steps) == 4 and resumed.method["target"] == 4 and resumed.method["metric"] == "js"
+
+
+def test_undo_and_pin_from_the_controller_are_recorded_in_the_session(llama_dir, tmp_path):
+    from finercut_tui.model.loading import ModelSpec
+    from finercut_tui.search.events import PinChanged, SublayerRemoved, SublayerRestored
+    from finercut_tui.search.job import SearchOptions, prepare_job
+
+    path = tmp_path / "s.yaml"
+    options = SearchOptions(target="3", calib=TEXT, calib_samples=2, seq_len=16)
+    job = prepare_job(options, ModelSpec(str(llama_dir), device="cpu"), path, progress=lambda m: None)
+    seen = []
+    for event in job.events():
+        seen.append(event)
+        if (
+            isinstance(event, SublayerRemoved)
+            and event.step == 1
+            and not any(isinstance(e, SublayerRestored) for e in seen)
+        ):
+            job.controller.pin(event.sublayer)
+            job.controller.undo()
+            first = event.sublayer
+    on_disk = Session.load(path)
+    assert [u["removed"] for u in on_disk.undone] == [first] and on_disk.undone[0]["undone_at_step"] == 1
+    assert first in on_disk.pinned and first not in on_disk.removed_at()
+    assert len(on_disk.steps) == 3 and on_disk.finished
+    assert any(isinstance(e, PinChanged) for e in seen)

@@ -1,5 +1,7 @@
 """Evaluation inside a search: --eval-every records, and evaluate-now leaves the order unchanged."""
 
+from pathlib import Path
+
 import torch
 import yaml
 from tiny_models import tiny_model
@@ -19,11 +21,32 @@ def test_eval_every_records_steps_0_2_4_and_the_end(tmp_path, capsys):
     tiny_model("llama").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     heldout = tmp_path / "heldout.txt"
-    heldout.write_text(open("tests/data/english.txt").read()[-3000:])
+    heldout.write_text(Path("tests/data/english.txt").read_text()[-3000:])
     session = tmp_path / "s.yaml"
-    code = main(["run", "--model", str(model_dir), "--calib", "tests/data/english.txt", "--calib-samples", "2",
-                 "--seq-len", "16", "--target", "5", "--session", str(session), "--eval-every", "2",
-                 "--ppl", str(heldout), "--ppl-seq-len", "64", "--quiet"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(model_dir),
+            "--calib",
+            "tests/data/english.txt",
+            "--calib-samples",
+            "2",
+            "--seq-len",
+            "16",
+            "--target",
+            "5",
+            "--session",
+            str(session),
+            "--eval-every",
+            "2",
+            "--ppl",
+            str(heldout),
+            "--ppl-seq-len",
+            "64",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = yaml.safe_load(session.read_text())
     assert [e["step"] for e in data["evals"]] == [0, 2, 4, 5]
@@ -37,14 +60,19 @@ def test_eval_every_records_steps_0_2_4_and_the_end(tmp_path, capsys):
 def test_evaluate_now_with_real_perplexity_keeps_the_removal_order(tmp_path):
     ids = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(9))
     text = tmp_path / "t.txt"
-    text.write_text(open("tests/data/english.txt").read()[:2000])
+    text.write_text(Path("tests/data/english.txt").read_text()[:2000])
 
     def order(with_eval: bool):
         pm = PrunableModel(tiny_model("llama"), tiny_tokenizer())
         evals: list[dict] = []
         ctl = Controller()
-        engine = SearchEngine(pm, ids, SearchConfig(method="finercut", target=4), controller=ctl,
-                              evaluator=lambda req, step: run_eval(pm, req, step, evals))
+        engine = SearchEngine(
+            pm,
+            ids,
+            SearchConfig(method="finercut", target=4),
+            controller=ctl,
+            evaluator=lambda req, step: run_eval(pm, req, step, evals),
+        )
         events = []
         for ev in engine.run():
             events.append(ev)

@@ -142,3 +142,47 @@ def test_angular_gap_removes_the_best_contiguous_run(ids):
     )
     start = min(gaps, key=lambda b: gaps[b])
     assert order == [f"{start}.block", f"{start + 1}.block"]
+
+
+def test_parallel_residual_gpt_neox_uses_the_block_input_for_both_sublayers(ids):
+    """GPT-NeoX: out = x + attn(ln1(x)) + mlp(ln2(x)); attention Y = x + attn, MLP Y = x + mlp."""
+    model = tiny_model("gpt_neox")
+    attn_out, mlp_out, inputs = {}, {}, {}
+    handles = []
+    for b, layer in enumerate(model.gpt_neox.layers):
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, a, k, b=b: inputs.setdefault(b, []).append(a[0] if a else k["hidden_states"]),
+                with_kwargs=True,
+            )
+        )
+        handles.append(
+            layer.attention.register_forward_hook(
+                lambda m, a, o, b=b: attn_out.setdefault(b, []).append(o[0])
+            )
+        )
+        handles.append(
+            layer.mlp.register_forward_hook(lambda m, a, o, b=b: mlp_out.setdefault(b, []).append(o))
+        )
+    with torch.no_grad():
+        for i in range(ids.shape[0]):
+            model(ids[i : i + 1], use_cache=False)
+    for h in handles:
+        h.remove()
+
+    def sim(xs, ds):
+        return (
+            torch.cat(
+                [
+                    F.cosine_similarity(x.double(), (x + d).double(), dim=-1).flatten()
+                    for x, d in zip(xs, ds, strict=True)
+                ]
+            )
+            .mean()
+            .item()
+        )
+
+    sims = measure_similarities(PrunableModel(tiny_model("gpt_neox")), ids)
+    for b in range(4):
+        assert sims.attn[b] == pytest.approx(sim(inputs[b], attn_out[b]), rel=1e-5)
+        assert sims.mlp[b] == pytest.approx(sim(inputs[b], mlp_out[b]), rel=1e-5)

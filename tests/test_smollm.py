@@ -27,3 +27,13 @@ def test_smollm_info_removal_and_perplexity(smollm, english_text):
     assert math.isfinite(after) and after > before * 1.05, (before, after)
     pm.restore_all()
     assert nll_perplexity(smollm.model, smollm.tokenizer, sample) == before
+
+
+def test_calibration_prefix_tokenisation_equals_the_whole_text(smollm):
+    from finercut_tui.data.calibration import _leading_tokens
+    from finercut_tui.data.sources import load_text
+
+    text = load_text("pydoc").text
+    whole = smollm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    for needed in (640, 2560, 20000):
+        assert _leading_tokens(smollm.tokenizer, text, needed)[:needed] == whole[:needed]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from finercut_tui.model.loading import ModelSpec
-
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("model")
@@ -36,8 +34,9 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     parser.set_defaults(_model_required=required)
 
 
-def model_spec(args: argparse.Namespace) -> ModelSpec:
+def model_spec(args: argparse.Namespace):
     from finercut_tui.errors import FinercutError
+    from finercut_tui.model.loading import ModelSpec
 
     if not args.model and not args.gguf_file:
         raise FinercutError("no model given: pass --model ORG/NAME or a local folder (or --gguf-file FILE)")

@@ -17,7 +17,6 @@ from finercut_tui.search.events import (
     StepStarted,
     SublayerRemoved,
 )
-from finercut_tui.search.metrics import METRICS
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +29,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="N removals, a fraction 0<F<1 of the candidates, or 'all' (default 0.25)",
     )
-    s.add_argument("--metric", default=None, help=f"FinerCut distance: {', '.join(METRICS)} (default js)")
+    s.add_argument(
+        "--metric", default=None, help=f"FinerCut distance: {', '.join(M.METRIC_NAMES)} (default js)"
+    )
     s.add_argument(
         "--iterative",
         action="store_true",
@@ -145,7 +146,7 @@ def options_from_args(args):
     else:
         opts = SearchOptions(**{k: v for k, v in explicit.items() if v is not None})
     opts.pins = tuple(args.pin)
-    opts.batch_size = args.batch_size
+    opts.batch_size = args.batch_size if args.batch_size is not None else opts.batch_size
     opts.prefix_cache = args.prefix_cache
     opts.eval_every = args.eval_every
     opts.eval_request = request = eval_request_from_args(args, calibration_source=opts.calib)

@@ -1,6 +1,6 @@
 """Calibration tokens: consecutive non-overlapping chunks from the start of one tokenised text.
 
-Exactly: tokenize the joined text once without special tokens; sample i is tokens
+Exactly: tokenize the joined text once without special tokens (as far as needed); sample i is tokens
 [i*k, (i+1)*k) where k = seq_len - 1 if the tokenizer adds a BOS token by default (then the
 sample is [BOS] + those tokens), else k = seq_len. The fingerprint is "sha256:" + the hex SHA-256
 of the ids as little-endian int64, row-major, shape N x T: two runs with equal fingerprints
@@ -26,6 +26,7 @@ class Calibration:
     input_ids: torch.Tensor  # (samples, seq_len) int64, on CPU
     fingerprint: str
     bos: bool
+    text_sha256: str = ""  # of the joined text, so evaluations can tell they are scoring it again
 
     @property
     def samples(self) -> int:
@@ -75,12 +76,29 @@ def tokens_to_samples(tokens: list[int], samples: int, seq_len: int, bos_id: int
     return torch.cat([torch.full((samples, 1), bos_id, dtype=torch.int64), body], dim=1)
 
 
+def _leading_tokens(tokenizer, text: str, needed: int, margin: int = 512) -> list[int]:
+    """The ids of `text` tokenised once, but only as far as needed (a C4 shard is ~40 MB).
+
+    A prefix cut at a paragraph break, with `margin` tokens to spare, yields the same leading ids as
+    the whole text: tokenisation decisions are local and the cut lies far beyond what is kept.
+    """
+    size = max(64 * 1024, needed * 8)
+    while size < len(text):
+        cut = text.rfind("\n\n", 0, size)
+        if cut > 0:
+            ids = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+            if len(ids) >= needed + margin:
+                return ids
+        size *= 2
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def build_calibration(tokenizer, source: str, samples: int = 10, seq_len: int = 256) -> Calibration:
     if samples < 1 or seq_len < 2:
         raise FinercutError(f"--calib-samples must be >= 1 and --seq-len >= 2 (got {samples}, {seq_len})")
     text = load_text(source, purpose="calibration")
-    tokens = tokenizer(text.text, add_special_tokens=False)["input_ids"]
     bos = adds_bos_by_default(tokenizer)
+    tokens = _leading_tokens(tokenizer, text.text, samples * seq_len)
     ids = tokens_to_samples(tokens, samples, seq_len, tokenizer.bos_token_id if bos else None)
     return Calibration(
         source=source, split=text.split, input_ids=ids, fingerprint=token_fingerprint(ids), bos=bos

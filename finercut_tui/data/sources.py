@@ -68,7 +68,9 @@ def _pydoc_text(purpose: str) -> Text:
 
     names = sorted(topics)
     half = len(names) // 2
-    chosen, split = (names[:half], "first-half") if purpose == "calibration" else (names[half:], "second-half")
+    chosen, split = (
+        (names[:half], "first-half") if purpose == "calibration" else (names[half:], "second-half")
+    )
     return Text("pydoc", split, "\n\n".join(topics[name] for name in chosen))
 
 

@@ -171,7 +171,10 @@ class PrunableModel:
 
         @functools.wraps(original)
         def generate(*args, **kwargs):
-            if not self._removed or kwargs.get(cache_kw) is not None:
+            config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+            wants_other = kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
+            if not self._removed or kwargs.get(cache_kw) is not None or wants_other:
+                # a static/offloaded cache keeps one layer per block; kept attentions write to the first K
                 return original(*args, **kwargs)
             if not self.kept_attention_blocks():
                 kwargs["use_cache"] = False  # nothing to cache; positions must come from the full input
@@ -199,8 +202,14 @@ class PrunableModel:
         """The device of each block's first parameter (blocks may live on different GPUs)."""
         out = []
         for block in self.blocks:
-            p = next(block.parameters(), None)
-            out.append(p.device if p is not None else torch.device("cpu"))
+            hook = getattr(
+                block, "_hf_hook", None
+            )  # accelerate: where the block runs (weights may be offloaded)
+            device = getattr(hook, "execution_device", None)
+            if device is None:
+                p = next(block.parameters(), None)
+                device = p.device if p is not None and p.device.type != "meta" else self.input_device
+            out.append(torch.device(device))
         return out
 
     @property

@@ -12,6 +12,7 @@ current step starts over; an evaluation leaves everything as it was.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -205,7 +206,12 @@ class SearchEngine:
         scores = {u: s for u, s in scores.items() if not M.is_pinned(u, self.pinned)}
         if not scores:
             raise _Restart()
-        best = min(candidates, key=lambda u: (scores.get(u, float("inf")), sort_key(u)))
+        bad = sorted((u for u, s in scores.items() if not math.isfinite(s)), key=sort_key)
+        if bad:
+            yield LogMessage(
+                f"non-finite scores for {', '.join(bad)} (overflow?): they are ranked last", "warning"
+            )
+        best = min(scores, key=lambda u: (scores[u] if math.isfinite(scores[u]) else math.inf, sort_key(u)))
         yield from self._remove(best, "search", scores[best], computed, time.perf_counter() - started)
         return best
 
@@ -224,14 +230,18 @@ class SearchEngine:
             total = len(scores) + len(pending) + 1
             yield CandidateStarted(self.step, uid, len(scores) + 1, total)
             t0 = time.perf_counter()
+            batch_size = scorer.batch_size
             scores[uid] = scorer.score(uid)
+            if scorer.batch_size != batch_size:  # out of memory: all of this step at one batch size
+                yield from self._drain_logs()
+                raise _Restart()
             yield CandidateScored(self.step, uid, scores[uid], len(scores), total, time.perf_counter() - t0)
             yield from self._drain_logs()
         return scores
 
     # -- similarity drop ---------------------------------------------------------------------------------
     def _importance(self) -> dict[str, float]:
-        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size)
+        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size, log=self._log.append)
         out = {f"{b}.attn": 1.0 - s for b, s in sims.attn.items()}
         out.update({f"{b}.mlp": 1.0 - s for b, s in sims.mlp.items()})
         out.update({f"{b}.block": 1.0 - s for b, s in sims.block.items()})
@@ -262,9 +272,16 @@ class SearchEngine:
 
     def _angular_gap_run(self, candidates: list[str], started: float) -> Iterator[Event]:
         """Remove the contiguous run of n blocks whose input and output are closest in angle."""
+        if self.order and self.one_shot_scores:  # a run cut short by a kill: finish the same run
+            start = M.block_of(self.order[0])
+            if self.order == [f"{start + i}.block" for i in range(len(self.order))]:
+                score = self.one_shot_scores.get(f"{start}.block")
+                for b in range(start + len(self.order), start + self.config.target):
+                    yield from self._remove(f"{b}.block", "search", score, {}, 0.0)
+                return self.order[-1]
         n = self.config.target - self._progress()
         free = {M.block_of(u) for u in candidates}
-        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size)
+        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size, log=self._log.append)
         gaps = {
             b: g for b, g in angular_gap(sims.last_token, n).items() if all(b + i in free for i in range(n))
         }
@@ -310,6 +327,14 @@ class SearchEngine:
             records = self.evaluator(request, step)
         except FinercutError as exc:
             yield LogMessage(f"evaluation failed: {exc}", "error")
+            return
+        except Exception as exc:  # an evaluation must not end hours of search (e.g. OOM inside lm-eval)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            yield LogMessage(
+                f"evaluation failed ({type(exc).__name__}: {first}); the search goes on", "error"
+            )
             return
         self.evaluated_steps.add(step)
         for record in records:

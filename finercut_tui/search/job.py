@@ -7,6 +7,7 @@ and the session on disk is complete up to the last finished step.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import (
     EvalFinished,
     Event,
+    LogMessage,
     PinChanged,
     SearchFinished,
     SublayerRemoved,
@@ -151,9 +153,17 @@ class Job:
             s.evals.append(event.record)
         elif isinstance(event, SearchFinished):
             s.finished = event.reason in ("target", "exhausted")
+        elif isinstance(event, LogMessage) and self._batch_size_changed():
+            s.method["batch_size"] = self.engine.scorer.batch_size  # resume scores at the same size
         else:
             return
         self.save()
+
+    def _batch_size_changed(self) -> bool:
+        scorer = self.engine.scorer
+        return scorer is not None and scorer.batch_size != self.session.method.get(
+            "batch_size", scorer.batch_size
+        )
 
 
 def _evaluator(job: Job):
@@ -163,6 +173,20 @@ def _evaluator(job: Job):
         return run_eval(job.pm, request, step, job.session.evals)
 
     return evaluate
+
+
+SEARCH_DEFINING = ("metric", "exclude_front", "iterative", "block_metric")
+
+
+def _check_same_search(session: Session, wanted: dict[str, Any], path: Path) -> None:
+    """A resumed search must score the way the recorded one did, or its order means nothing."""
+    for key in SEARCH_DEFINING:
+        if key in session.method and key in wanted and session.method[key] != wanted[key]:
+            flag = "--" + key.replace("_", "-")
+            raise SessionError(
+                f"{path} was searched with {key} {session.method[key]!r}, not {wanted[key]!r}: drop {flag} to "
+                "continue it, or start a new session"
+            )
 
 
 def _one_shot_scores(session: Session) -> dict[str, float] | None:
@@ -224,8 +248,19 @@ def prepare_job(
             command=command or shlex.join(["finercut-tui", *sys.argv[1:]]),
         )
     target = M.resolve_target(options.target, options.method, pm.num_blocks, set(expand(pins)))
-    session.method = session.method or options.method_record(target)
+    if existing is not None:
+        _check_same_search(existing, options.method_record(target), session_path)
+        session.method.update(target=target, target_spec=str(options.target))
+    else:
+        session.method = options.method_record(target)
     session.pinned = pins
+    if options.eval_request is not None:
+        options.eval_request = dataclasses.replace(
+            options.eval_request,
+            calibration_source=calibration.source,
+            calibration_split=calibration.split,
+            calibration_text_sha256=calibration.text_sha256,
+        )
     config = SearchConfig(
         method=options.method,
         target=target,

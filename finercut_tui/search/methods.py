@@ -7,6 +7,8 @@ from finercut_tui.model.sublayers import expand, split_id
 
 METHODS = ("finercut", "attn-drop", "mlp-drop", "block-drop", "joint-drop")
 BLOCK_METRICS = ("cosine", "angular-gap")
+# FinerCut distances, as registered in search/metrics.py (kept here so CLI help needs no torch)
+METRIC_NAMES = ("js", "js-ref", "kl", "angular", "l2", "nll")
 
 
 def check_method(method: str) -> None:

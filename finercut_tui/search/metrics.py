@@ -1,28 +1,48 @@
 """Distances between the original and the pruned model's final logits (lower = more similar).
 
-Each metric maps (reference logits, pruned logits, input ids) of one batch, shape (B, T, V), to
-per-token values of shape (B, T'); the score is their mean over every token of every sample.
-All maths in fp32. Adding a metric is one decorated function.
+Each metric maps a `Reference` (the original model's logits for some samples, with the
+quantities the metric needs computed once per session) and the pruned logits of the same samples,
+shape (B, T, V), to per-token values of shape (B, T'); the score is their mean over every token of
+every sample. All maths in fp32; 0 log 0 = 0 (logs are clamped at the smallest normal float). Adding a metric is one decorated function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from finercut_tui.errors import FinercutError
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LOG_TINY = float(torch.log(torch.tensor(torch.finfo(torch.float32).tiny)))  # ~ -87.3
+
+
+@dataclass
+class Reference:
+    """Reference logits plus cached fp32 log-probs and probs, for the metrics that need them."""
+
+    logits: torch.Tensor
+    log_p: torch.Tensor | None = None  # clamped at LOG_TINY so that 0 * log 0 = 0
+    p: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> Reference:
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return Reference(self.logits[start:stop], cut(self.log_p), cut(self.p))
+
+
+MetricFn = Callable[[Reference | None, torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, MetricFn] = {}
 NEEDS_REFERENCE: dict[str, bool] = {}
+NEEDS_PROBS: dict[str, bool] = {}
 
 
-def register(name: str, needs_reference: bool = True):
+def register(name: str, needs_reference: bool = True, needs_probs: bool = True):
     def deco(fn: MetricFn) -> MetricFn:
         METRICS[name] = fn
         NEEDS_REFERENCE[name] = needs_reference
+        NEEDS_PROBS[name] = needs_reference and needs_probs
         return fn
 
     return deco
@@ -34,53 +54,76 @@ def get_metric(name: str) -> MetricFn:
     return METRICS[name]
 
 
+def prepare_reference(logits: torch.Tensor, metric: str) -> Reference:
+    """Compute once what `metric` needs from the original model's logits."""
+    ref = Reference(logits)
+    if NEEDS_PROBS.get(metric):
+        log_p = F.log_softmax(logits.float(), -1)
+        ref.p = log_p.exp()
+        ref.log_p = log_p.clamp_min_(LOG_TINY)
+    return ref
+
+
+def _log_probs(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    log_q = F.log_softmax(out.float(), -1)
+    q = log_q.exp()
+    return log_q.clamp_min_(LOG_TINY), q
+
+
+# Differences of logs are taken element by element (p (log p - log m)), not as differences of summed
+# entropies, which cancel catastrophically when the two distributions are close.
+
+
 @register("js")
-def js(ref: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def js(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence per token: 0.5 KL(P||M) + 0.5 KL(Q||M), M = (P+Q)/2, natural log."""
-    log_p, log_q = F.log_softmax(ref.float(), -1), F.log_softmax(out.float(), -1)
-    log_m = torch.logaddexp(log_p, log_q) - torch.log(torch.tensor(2.0, device=log_p.device))
-    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
-    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
-    return 0.5 * (kl_pm + kl_qm)
+    log_q, q = _log_probs(out)
+    m = 0.5 * (ref.p + q)
+    log_m = torch.log(m).clamp_min_(LOG_TINY)
+    return 0.5 * ((ref.p * (ref.log_p - log_m)).sum(-1) + (q * (log_q - log_m)).sum(-1))
 
 
 @register("js-ref")
-def js_ref(ref: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def js_ref(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """FinerCut's reference code: 0.5 (KL(M||P) + KL(M||Q)) with torch's kl_div, mean over tokens x vocab.
 
     `F.kl_div(log_softmax(x), M, reduction="mean")` averages M (log M - log P) over every element,
     so the per-token value is that sum divided by the vocabulary size.
     """
-    log_p, log_q = F.log_softmax(ref.float(), -1), F.log_softmax(out.float(), -1)
-    m = 0.5 * (log_p.exp() + log_q.exp())
-    vocab = ref.shape[-1]
-    kl_mp = F.kl_div(log_p, m, reduction="none").sum(-1)
-    kl_mq = F.kl_div(log_q, m, reduction="none").sum(-1)
-    return 0.5 * (kl_mp + kl_mq) / vocab
+    log_q, q = _log_probs(out)
+    m = 0.5 * (ref.p + q)
+    log_m = torch.log(m).clamp_min_(LOG_TINY)
+    return 0.5 * ((m * (log_m - ref.log_p)).sum(-1) + (m * (log_m - log_q)).sum(-1)) / out.shape[-1]
 
 
 @register("kl")
-def kl(ref: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def kl(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """KL(P_original || Q_pruned) per token."""
-    log_p, log_q = F.log_softmax(ref.float(), -1), F.log_softmax(out.float(), -1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    log_q, _ = _log_probs(out)
+    return (ref.p * (ref.log_p - log_q)).sum(-1)
 
 
-@register("angular")
-def angular(ref: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """arccos of the cosine of the two logit vectors, cosine clamped to [0, 1]."""
-    cos = F.cosine_similarity(ref.float(), out.float(), dim=-1)
-    return torch.arccos(cos.clamp(0.0, 1.0))
+@register("angular", needs_probs=False)
+def angular(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Angle between the two logit vectors, arccos(cos) with cos clamped to [0, 1].
+
+    Computed as 2 atan2(|a - b|, |a + b|) of the unit vectors, which stays accurate near 0 where
+    fp32 arccos has a floor of ~5e-4 rad.
+    """
+    a = F.normalize(ref.logits.float(), dim=-1)
+    b = F.normalize(out.float(), dim=-1)
+    angle = 2 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1))
+    return angle.clamp(max=torch.pi / 2)
 
 
-@register("l2")
-def l2(ref: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+@register("l2", needs_probs=False)
+def l2(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """L2 norm of the logit difference per token."""
-    return (ref.float() - out.float()).norm(dim=-1)
+    return (ref.logits.float() - out.float()).norm(dim=-1)
 
 
 @register("nll", needs_reference=False)
-def nll(ref: torch.Tensor | None, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def nll(ref: Reference | None, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Next-token negative log-likelihood of the pruned model (SLEB-style); ignores the reference."""
     logits = out[:, :-1].float()
     return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(logits.device), reduction="none")

@@ -18,7 +18,7 @@ from torch import nn
 
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.metrics import NEEDS_REFERENCE, get_metric
+from finercut_tui.search.metrics import NEEDS_REFERENCE, Reference, get_metric, prepare_reference
 
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
 
@@ -66,7 +66,7 @@ class Scorer:
             raise ValueError(f"prefix_cache must be one of {PREFIX_CACHE_MODES}")
         self.prefix_cache = prefix_cache
         self.log = log
-        self._reference: list[torch.Tensor] | None = None
+        self._reference: list[Reference] | None = None
         self._block_inputs: list[list[torch.Tensor]] | None = None  # [batch][block]
         self._tuple_outputs = False
         self._stub = _CachedPrefix()
@@ -95,7 +95,7 @@ class Scorer:
         return self.pm.model(input_ids=ids, use_cache=False).logits
 
     # -- reference -------------------------------------------------------------------------------
-    def reference(self) -> list[torch.Tensor]:
+    def reference(self) -> list[Reference]:
         """Logits of the original (unpruned) model, per batch, computed once."""
         if self._reference is None and NEEDS_REFERENCE[self.metric_name]:
             self._with_oom_fallback(self._compute_reference)
@@ -106,7 +106,10 @@ class Scorer:
         self.pm.restore_all()
         try:
             with torch.inference_mode():
-                self._reference = [self._forward(self.input_ids[b.start : b.stop]) for b in self._batches()]
+                self._reference = [
+                    prepare_reference(self._forward(self.input_ids[b.start : b.stop]), self.metric_name)
+                    for b in self._batches()
+                ]
         finally:
             self.pm.set_removed(removed)
 
@@ -167,7 +170,7 @@ class Scorer:
                 logits = self._logits_from(first_block, i, ids)
                 rows = self._rows_per_chunk(logits)
                 for r in range(0, logits.shape[0], rows):  # bounded fp32 memory for the distance
-                    ref = reference[i][r : r + rows] if reference else None
+                    ref = reference[i].rows(r, r + rows) if reference else None
                     values = self.metric(ref, logits[r : r + rows], ids[r : r + rows])
                     part = values.double().sum()
                     total = part if total is None else total + part.to(total.device)

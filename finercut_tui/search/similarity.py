@@ -32,32 +32,48 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def default_batch_size(input_ids: torch.Tensor, tokens_per_forward: int = 32768) -> int:
+    """LLM-Drop scores 256 x 2048 tokens: one forward over all of them would not fit a GPU."""
+    return max(1, min(int(input_ids.shape[0]), tokens_per_forward // int(input_ids.shape[1])))
+
+
 def measure_similarities(
-    pm: PrunableModel, input_ids: torch.Tensor, batch_size: int | None = None
+    pm: PrunableModel, input_ids: torch.Tensor, batch_size: int | None = None, log=lambda message: None
 ) -> Similarities:
+    """All module similarities of the current model; halves the batch on out-of-memory."""
     if pm.arch.post_norm(pm.config):
         raise FinercutError(
             "similarity drop needs a pre-norm model (the residual stream is normalised after each sublayer in "
             "this post-norm OPT); use --method finercut"
         )
+    batch = batch_size or default_batch_size(input_ids)
+    while True:
+        try:
+            return _measure(pm, input_ids, batch)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if "out of memory" not in str(exc).lower() or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log(f"out of memory measuring similarities: retrying with batches of {batch} samples")
+
+
+def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similarities:
     L = pm.num_blocks
-    sums = {
-        "attn": torch.zeros(L, dtype=torch.float64),
-        "mlp": torch.zeros(L, dtype=torch.float64),
-        "block": torch.zeros(L, dtype=torch.float64),
-    }
-    tokens = 0
+    sums: dict[tuple[str, int], list[torch.Tensor]] = {}  # summed on the device; one sync at the end
     state: dict[int, dict[str, torch.Tensor]] = {}
     last_token: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
 
-    def cos_sum(x: torch.Tensor, y: torch.Tensor) -> float:
-        return float(F.cosine_similarity(x.float(), y.float(), dim=-1).double().sum())
+    def add(kind: str, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        cos = F.cosine_similarity(x.float(), y.float(), dim=-1)
+        sums.setdefault((kind, b), []).append(cos.double().sum())
 
     def on_input(b):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
             state[b] = {"x": x, "mid": x}
-            last_token[b].append(x[:, -1].float().cpu())
+            last_token[b].append(x[:, -1].float())
 
         return hook
 
@@ -65,7 +81,7 @@ def measure_similarities(
         def hook(module, args, output):
             x = state[b]["x"]
             y = x + _first(output).view_as(x)
-            sums["attn"][b] += cos_sum(x, y)
+            add("attn", b, x, y)
             if not pm.parallel_residual:
                 state[b]["mid"] = y
 
@@ -74,16 +90,16 @@ def measure_similarities(
     def on_mlp(b):
         def hook(module, args, output):
             mid = state[b]["mid"]
-            sums["mlp"][b] += cos_sum(mid, mid + _first(output).view_as(mid))
+            add("mlp", b, mid, mid + _first(output).view_as(mid))
 
         return hook
 
     def on_output(b):
         def hook(module, args, kwargs, output):
             out = _first(output)
-            sums["block"][b] += cos_sum(state.pop(b)["x"], out)
+            add("block", b, state.pop(b)["x"], out)
             if b == L - 1:
-                last_token[L].append(out[:, -1].float().cpu())
+                last_token[L].append(out[:, -1].float())
 
         return hook
 
@@ -96,21 +112,17 @@ def measure_similarities(
                 group = pm.arch.attn if kind == "attn" else pm.arch.mlp
                 handles.append(pm.original_modules(f"{b}.{kind}")[group[-1][0]].register_forward_hook(hook))
     ids = input_ids.to(pm.input_device)
-    step = batch_size or int(ids.shape[0])
     try:
         with torch.inference_mode():
-            for start in range(0, ids.shape[0], step):
-                chunk = ids[start : start + step]
-                pm.model(input_ids=chunk, use_cache=False, logits_to_keep=1)
-                tokens += chunk.numel()
+            for start in range(0, ids.shape[0], batch):
+                pm.model(input_ids=ids[start : start + batch], use_cache=False, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
-    result = Similarities(last_token=[torch.cat(parts) for parts in last_token])
-    for kind in ("attn", "mlp", "block"):
-        for b in range(L):
-            if kind == "block" or f"{b}.{kind}" not in pm.removed:
-                getattr(result, kind)[b] = float(sums[kind][b] / tokens)
+    tokens = ids.numel()
+    result = Similarities(last_token=[torch.cat([t.cpu() for t in parts]) for parts in last_token])
+    for (kind, b), parts in sums.items():
+        getattr(result, kind)[b] = float(sum(p.cpu() for p in parts)) / tokens
     return result
 
 
