@@ -97,3 +97,18 @@ def test_layer_map_of_a_block_method_marks_both_sublayers():
     lm = LayerMap.from_session(session, 1)
     assert lm.cell(2, "attn").state.value == "removed" and lm.cell(2, "mlp").state.value == "removed"
     assert lm.cell(1, "attn").unit == "1.block"
+
+
+def test_show_loads_no_torch(in_data):
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from finercut_tui.cli import main\n"
+        "code = main(['show', sys.argv[1], '--format', 'markdown'])\n"
+        "print(json.dumps([code, sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, SMALL], capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, []]

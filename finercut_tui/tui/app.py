@@ -193,6 +193,8 @@ class WorkbenchApp(App[int]):
             self._log_line(
                 f"replay of{where}: {len(self.session.steps)} steps, no model loaded (c continues from a step)"
             )
+        if self.sub_title:
+            self._log_line(self.sub_title)
         for event in self.scripted:
             self._apply(event)
         self.set_interval(1 / REDRAW_HZ, self._redraw)
