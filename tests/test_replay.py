@@ -151,3 +151,21 @@ def test_no_color_flag_is_set_before_the_app_exists(monkeypatch):
     apply_terminal_args(args)
     assert "NO_COLOR" in os.environ
     assert build_app(path).no_color
+
+
+def test_mouse_click_moves_the_cursor():
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.grid import LayerGrid
+
+    async def go() -> tuple[str, str]:
+        app = WorkbenchApp(session_30(), "sessions/s30.yaml")
+        async with app.run_test(size=(80, 24)) as pilot:
+            grid = app.query_one(LayerGrid)
+            x, y = grid.cell_origin(17, 1)  # 17.mlp, in the second column of blocks
+            await pilot.click(LayerGrid, offset=(x + 1 + 1, y))  # +1: the grid's left padding
+            first = grid.cursor_sid
+            x, y = grid.cell_origin(3, 0)
+            await pilot.click(LayerGrid, offset=(x + 1, y))
+            return first, grid.cursor_sid
+
+    assert asyncio.run(go()) == ("17.mlp", "3.attn")

@@ -45,13 +45,13 @@ def loaded(tiny_dir):
     return load_model(ModelSpec(str(tiny_dir), dtype="float32", device="cpu"), progress=lambda m: None)
 
 
-def make_job(tmp_path: Path, loaded, target: str = "3", **options):
+def make_job(tmp_path: Path, loaded, target: str = "3", resume: bool = False, **options):
     from finercut_tui.model.loading import ModelSpec
     from finercut_tui.search.job import SearchOptions, prepare_job
 
     opts = SearchOptions(target=target, calib=ENGLISH, calib_samples=2, seq_len=16, **options)
     spec = ModelSpec(str(loaded.spec.name_or_path), dtype="float32", device="cpu")
-    return prepare_job(opts, spec, tmp_path / "s.yaml", loaded=loaded, progress=lambda m: None)
+    return prepare_job(opts, spec, tmp_path / "s.yaml", resume=resume, loaded=loaded, progress=lambda m: None)
 
 
 async def wait_for(pilot, predicate, what: str, timeout: float = 15.0) -> None:
@@ -203,6 +203,17 @@ async def test_quit_mid_search_returns_within_one_candidate(tmp_path, loaded):
     saved = on_disk(job)
     assert 1 <= len(saved.steps) < 8 and not saved.finished
     assert saved.removed_at() == job.session.removed_at()
+
+    # --resume in the app picks up where the quit left off and reaches the target
+    done = saved.removed_at()
+    resumed = make_job(tmp_path, loaded, target="all", resume=True)
+    app = WorkbenchApp(resumed.session, resumed.session_path, job=resumed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: not app.search_running and app.map.finished, "the resumed search")
+        assert [r.unit for r in app.map.removals[: len(done)]] == done
+        await pilot.press("q")
+    final = on_disk(resumed)
+    assert final.removed_at()[: len(done)] == done and len(final.steps) == 8 and final.finished
 
 
 @run_async

@@ -555,8 +555,11 @@ class WorkbenchApp(App[int]):
         engine = getattr(self.job, "engine", None)
         if engine is not None and getattr(engine, "evaluator", True) is None:
             # jobs started without --ppl/--tasks have no evaluator; evaluate-now needs one
-            from finercut_tui.search.job import _evaluator
-
+            try:
+                from finercut_tui.search.job import _evaluator
+            except ImportError:
+                self.notify("this search cannot evaluate: restart it with --ppl or --tasks", severity="error")
+                return
             engine.evaluator = _evaluator(self.job)
         self._controller().evaluate(request)
         self._log_line(f"evaluation queued: {request.describe()}")

@@ -204,8 +204,10 @@ class LayerGrid(ScrollView, can_focus=True):
         )
 
     def on_click(self, event: events.Click) -> None:
-        x, y = event.x + int(self.scroll_x), event.y + int(self.scroll_y)
-        hit = self.cell_at(x, y)
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        hit = self.cell_at(offset.x + int(self.scroll_x), offset.y + int(self.scroll_y))
         if hit is not None:
             self.move_cursor(*hit)
 
