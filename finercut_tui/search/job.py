@@ -295,7 +295,7 @@ def prepare_job(
         order=session.removed_at(),
         pinned=set(pins),
         one_shot_scores=one_shot,
-        evaluator=_evaluator(job) if options.eval_request is not None else None,
+        evaluator=_evaluator(job),  # always: "evaluate now" from the UI needs one too
         evaluated_steps={int(e.get("step", -1)) for e in session.evals},
     )
     job.save()  # the session exists on disk before the first step

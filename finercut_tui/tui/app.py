@@ -552,15 +552,6 @@ class WorkbenchApp(App[int]):
         except FinercutError as exc:
             self.notify(str(exc), title="cannot evaluate", severity="error")
             return
-        engine = getattr(self.job, "engine", None)
-        if engine is not None and getattr(engine, "evaluator", True) is None:
-            # jobs started without --ppl/--tasks have no evaluator; evaluate-now needs one
-            try:
-                from finercut_tui.search.job import _evaluator
-            except ImportError:
-                self.notify("this search cannot evaluate: restart it with --ppl or --tasks", severity="error")
-                return
-            engine.evaluator = _evaluator(self.job)
         self._controller().evaluate(request)
         self._log_line(f"evaluation queued: {request.describe()}")
 
