@@ -3,34 +3,20 @@
 from pathlib import Path
 
 import pytest
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from builders import local_tasks_dir, save_tiny_checkpoint
 
 from finercut_tui.cli import main
 from finercut_tui.eval import perplexity
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.session import Session, Step
 
-TASKS = Path(__file__).parent / "data" / "tasks"
 STEPS = ["0.attn", "2.mlp", "1.block", "3.attn"]
-
-
-def local_tasks_dir(base: Path) -> Path:
-    """tests/data/tasks with data_files made absolute (same folder as test_eval_harness's, per session)."""
-    target = base / "eval_tasks"
-    if not target.is_dir():
-        target.mkdir()
-        for src in sorted(TASKS.glob("*.yaml")):
-            text = src.read_text(encoding="utf-8").replace("tests/data/tasks/", f"{TASKS.resolve()}/")
-            (target / src.name).write_text(text, encoding="utf-8")
-    return target
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    save_tiny_checkpoint(path, "llama")
     return path
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import local_tasks_dir
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -14,19 +15,7 @@ from finercut_tui.eval import EvalRequest, run_eval, run_tasks
 from finercut_tui.eval.harness import main_metric, summarize
 from finercut_tui.model.surgery import PrunableModel
 
-TASKS = Path(__file__).parent / "data" / "tasks"
 REMOVALS = ["0.attn", "2.mlp"]
-
-
-def local_tasks_dir(base: Path) -> Path:
-    """tests/data/tasks with data_files made absolute, so it works from any cwd (shared per session)."""
-    target = base / "eval_tasks"
-    if not target.is_dir():
-        target.mkdir()
-        for src in sorted(TASKS.glob("*.yaml")):
-            text = src.read_text(encoding="utf-8").replace("tests/data/tasks/", f"{TASKS.resolve()}/")
-            (target / src.name).write_text(text, encoding="utf-8")
-    return target
 
 
 @pytest.fixture(scope="module")

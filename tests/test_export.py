@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from builders import save_tiny_checkpoint
 from safetensors import safe_open
 from tiny_models import tiny_inputs, tiny_model
 from tiny_tokenizer import tiny_tokenizer
@@ -49,9 +50,7 @@ MODULES = {
 
 
 def make_checkpoint(folder, name="llama"):
-    tiny_model(name).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_checkpoint(folder, name)
 
 
 def write_session(path, model_path, name="llama", removed=("1.attn", "2.block", "3.mlp"), **fields):

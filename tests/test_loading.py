@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from builders import save_tiny_checkpoint
 from tiny_models import tiny_model
 
 from finercut_tui.cli import main
@@ -69,10 +70,8 @@ def test_out_of_gpu_memory_says_what_to_try(capsys, tmp_path, monkeypatch):
 
 
 def test_info_on_a_local_tiny_model(capsys, tmp_path):
-    from tiny_tokenizer import tiny_tokenizer
 
-    tiny_model("gpt_neox").save_pretrained(tmp_path)
-    tiny_tokenizer().save_pretrained(tmp_path)
+    save_tiny_checkpoint(tmp_path, "gpt_neox")
     code, out, _ = run_cli(capsys, "info", "--model", str(tmp_path))
     assert code == 0
     assert "GPTNeoXForCausalLM (gpt_neox, parallel residual)" in out

@@ -5,8 +5,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from builders import save_tiny_checkpoint
 
 from finercut_tui.cli import COMMANDS, build_parser, main
 
@@ -47,8 +46,7 @@ def test_command_table_matches_the_parser():
 
 def test_runnable_examples_run_on_a_tiny_model(tmp_path, capsys):
     model = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    save_tiny_checkpoint(model, "llama")
     block = next(lines for marker, lines in fenced_blocks(README) if marker == "runs")
     for command in command_lines(block):
         command = command.replace("smollm2-135m", str(model)).replace("/tmp/finercut-readme", str(tmp_path))

@@ -8,8 +8,7 @@ import time
 
 import pytest
 import yaml
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from builders import save_tiny_checkpoint
 
 from finercut_tui.cli import main
 from finercut_tui.errors import SessionError
@@ -21,8 +20,7 @@ TEXT = "tests/data/english.txt"
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    save_tiny_checkpoint(path, "llama")
     return path
 
 
@@ -116,8 +114,7 @@ def test_resume_with_other_model_or_calibration_is_refused(capsys, llama_dir, tm
     session = make_session(capsys, llama_dir, tmp_path)
     before = session.read_bytes()
     other = tmp_path / "other"
-    tiny_model("llama", num_hidden_layers=3).save_pretrained(other)
-    tiny_tokenizer().save_pretrained(other)
+    save_tiny_checkpoint(other, "llama", num_hidden_layers=3)
     code, line = run(capsys, *base(other, session, "--resume"))
     assert code == 2 and "was recorded on" in line and "num_blocks 4" in line
     code, line = run(
@@ -201,8 +198,7 @@ def test_session_round_trip_keeps_scores_exactly(tmp_path):
 def bigger_llama(tmp_path_factory):
     """Big enough that a step takes a little while, so a kill lands mid-step."""
     path = tmp_path_factory.mktemp("llama8")
-    tiny_model("llama", num_hidden_layers=8, hidden_size=128, intermediate_size=384).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    save_tiny_checkpoint(path, "llama", num_hidden_layers=8, hidden_size=128, intermediate_size=384)
     return path
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from builders import save_tiny_checkpoint
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -18,8 +19,7 @@ from finercut_tui.search.events import CandidateScored, EvalFinished, SublayerRe
 
 def test_eval_every_records_steps_0_2_4_and_the_end(tmp_path, capsys):
     model_dir = tmp_path / "m"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    save_tiny_checkpoint(model_dir, "llama")
     heldout = tmp_path / "heldout.txt"
     heldout.write_text(Path("tests/data/english.txt").read_text()[-3000:])
     session = tmp_path / "s.yaml"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import yaml
+from builders import save_tiny_checkpoint
 from reference import greedy_finercut
 from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
 
 from finercut_tui.cli import main
 from finercut_tui.data.calibration import build_calibration
@@ -21,8 +21,7 @@ def saved_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     paths = {}
     for name in ("llama", "gpt_neox"):
-        tiny_model(name).save_pretrained(root / name)
-        tiny_tokenizer(add_bos=(name == "llama")).save_pretrained(root / name)
+        save_tiny_checkpoint(root / name, name, add_bos=(name == "llama"))
         paths[name] = root / name
     return paths
 

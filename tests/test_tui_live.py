@@ -29,12 +29,10 @@ def _keep_torch_threads():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    from tiny_models import tiny_model
-    from tiny_tokenizer import tiny_tokenizer
+    from builders import save_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    save_tiny_checkpoint(path, "llama")
     return path
 
 
