@@ -12,7 +12,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
         "-m",
         required=False,
         default=None,
-        help="hub id (org/name) or local folder; with --gguf-file, the folder holding it",
+        help="hub id (org/name), local folder, or smollm2-135m (the embedded default model); with "
+        "--gguf-file, the folder holding it",
     )
     group.add_argument(
         "--gguf-file",
