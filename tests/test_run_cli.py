@@ -298,3 +298,15 @@ def test_undo_and_pin_from_the_controller_are_recorded_in_the_session(llama_dir,
     assert first in on_disk.pinned and first not in on_disk.removed_at()
     assert len(on_disk.steps) == 3 and on_disk.finished
     assert any(isinstance(e, PinChanged) for e in seen)
+
+
+def test_options_from_a_session_keep_its_batch_size_after_an_oom_fallback():
+    from finercut_tui.search.job import SearchOptions
+
+    s = Session(
+        model={"num_blocks": 4},
+        calibration={"source": "x.txt", "samples": 3, "seq_len": 16},
+        method={"name": "finercut", "metric": "kl", "target": 5, "target_spec": "5", "batch_size": 2},
+    )
+    opts = SearchOptions.from_session(s, target="7")
+    assert (opts.batch_size, opts.metric, opts.target, opts.calib_samples) == (2, "kl", "7", 3)

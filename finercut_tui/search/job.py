@@ -80,9 +80,8 @@ class SearchOptions:
             calib_samples=int(c["samples"]),
             seq_len=int(c["seq_len"]),
             seed=int(m.get("seed", 0)),
+            batch_size=m.get("batch_size"),  # set when an out-of-memory fallback shrank it
         )
-        if opts.method == "finercut":
-            opts.metric = m.get("metric", "js")
         names = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key in names and value is not None:
