@@ -31,18 +31,24 @@ class Reference:
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
         return Reference(self.logits[start:stop], cut(self.log_p), cut(self.p))
 
+    def tokens(self, start: int, stop: int) -> Reference:
+        cut = lambda t: None if t is None else t[:, start:stop]  # noqa: E731
+        return Reference(self.logits[:, start:stop], cut(self.log_p), cut(self.p))
+
 
 MetricFn = Callable[[Reference | None, torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, MetricFn] = {}
 NEEDS_REFERENCE: dict[str, bool] = {}
 NEEDS_PROBS: dict[str, bool] = {}
+TOKEN_LOCAL: dict[str, bool] = {}  # each token's value depends on that position alone (can be chunked)
 
 
-def register(name: str, needs_reference: bool = True, needs_probs: bool = True):
+def register(name: str, needs_reference: bool = True, needs_probs: bool = True, token_local: bool = True):
     def deco(fn: MetricFn) -> MetricFn:
         METRICS[name] = fn
         NEEDS_REFERENCE[name] = needs_reference
         NEEDS_PROBS[name] = needs_reference and needs_probs
+        TOKEN_LOCAL[name] = token_local
         return fn
 
     return deco
@@ -122,7 +128,7 @@ def l2(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (ref.logits.float() - out.float()).norm(dim=-1)
 
 
-@register("nll", needs_reference=False)
+@register("nll", needs_reference=False, token_local=False)
 def nll(ref: Reference | None, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Next-token negative log-likelihood of the pruned model (SLEB-style); ignores the reference."""
     logits = out[:, :-1].float()

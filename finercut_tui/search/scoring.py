@@ -18,7 +18,7 @@ from torch import nn
 
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.metrics import NEEDS_REFERENCE, Reference, get_metric, prepare_reference
+from finercut_tui.search.metrics import NEEDS_REFERENCE, TOKEN_LOCAL, Reference, get_metric, prepare_reference
 
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
 
@@ -168,20 +168,28 @@ class Scorer:
             for i, b in enumerate(self._batches()):
                 ids = self.input_ids[b.start : b.stop]
                 logits = self._logits_from(first_block, i, ids)
-                rows = self._rows_per_chunk(logits)
-                for r in range(0, logits.shape[0], rows):  # bounded fp32 memory for the distance
-                    ref = reference[i].rows(r, r + rows) if reference else None
-                    values = self.metric(ref, logits[r : r + rows], ids[r : r + rows])
+                for r0, r1, t0, t1 in self._chunks(logits):
+                    ref = reference[i].rows(r0, r1).tokens(t0, t1) if reference else None
+                    values = self.metric(ref, logits[r0:r1, t0:t1], ids[r0:r1, t0:t1])
                     part = values.double().sum()
                     total = part if total is None else total + part.to(total.device)
                     count += values.numel()
         return float(total) / count  # one device sync per candidate
 
-    @staticmethod
-    def _rows_per_chunk(logits: torch.Tensor, budget_bytes: int = 1 << 30) -> int:
-        """Samples per distance computation so that a few fp32 copies of their logits fit the budget."""
-        per_row = logits.shape[1] * logits.shape[2] * 4 * 6
-        return max(1, min(logits.shape[0], budget_bytes // max(per_row, 1)))
+    def _chunks(self, logits: torch.Tensor):
+        """(rows, tokens) slices for the distance. On CPU a few tokens at a time, so each of the
+        metric's elementwise passes stays in cache (5x faster, same numbers); on GPUs whole rows under
+        a 1 GiB budget, since many small kernels would cost more than they save."""
+        n, t, vocab = logits.shape
+        if not TOKEN_LOCAL[self.metric_name]:
+            step_rows, step_tokens = 1, t
+        elif logits.device.type == "cpu":
+            step_rows, step_tokens = 1, max(1, (2 << 20) // (vocab * 4))
+        else:
+            step_rows, step_tokens = max(1, min(n, (1 << 30) // max(t * vocab * 4 * 6, 1))), t
+        for r in range(0, n, step_rows):
+            for s in range(0, t, step_tokens):
+                yield r, min(r + step_rows, n), s, min(s + step_tokens, t)
 
     def _logits_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
         if first_block == 0 or self._block_inputs is None:
