@@ -172,9 +172,9 @@ def job_from_args(args, progress):
 class ProgressBar:
     """step k/n, candidate i/m, ETA on stderr; one line per step when stderr is not a terminal."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr  # the stream of now, not of import time
+        self.tty = self.stream.isatty()
         self.target = 0
         self.done = 0
         self.started = time.perf_counter()

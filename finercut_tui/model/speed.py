@@ -44,12 +44,13 @@ def random_input_ids(vocab_size: int, batch: int, context: int, seed: int = 0, d
 
 
 def cache_of(output):
-    """The cache of a `generate(..., return_dict_in_generate=True)` output (`cache` or `past_key_values`)."""
+    """The cache of a `generate(..., return_dict_in_generate=True)` output (`cache` or `past_key_values`);
+    None when the model keeps no attention layer (nothing to cache)."""
     keys = output.keys()
     for name in ("cache", "past_key_values"):
         if name in keys and output[name] is not None:
             return output[name]
-    raise FinercutError("generate() returned no cache: this model does not use a KV cache")
+    return None
 
 
 def kv_cache_bytes(cache) -> tuple[int, int]:
@@ -120,7 +121,8 @@ def measure(model, input_ids: torch.Tensor, new_tokens: int) -> SpeedResult:
             attention_mask=mask,
             generation_config=_generation_config(model, 1, return_dict=True),
         )
-        kv_layers, kv_bytes = kv_cache_bytes(cache_of(kv_out))
+        cache = cache_of(kv_out)
+        kv_layers, kv_bytes = kv_cache_bytes(cache) if cache is not None else (0, 0)
         del kv_out
         if device.type == "cuda":
             torch.cuda.empty_cache()
