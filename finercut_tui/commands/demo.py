@@ -75,7 +75,7 @@ def run(args) -> int:
     from finercut_tui.tui.app import WorkbenchApp
 
     app = WorkbenchApp(job.session, job.session_path, job=job)
-    app.sub_title = "demo configuration (SmolLM2-135M, pydoc calibration 2x64)"
+    app.sub_title = "demo: pydoc 2x64"  # shown in the header next to the model
     code = app.run()
     print(f"session saved: {job.session_path}", file=sys.stderr)
     return int(code or 0)

@@ -460,6 +460,8 @@ class WorkbenchApp(App[int]):
         m = self.map
         model = self.session.model
         name = model.get("name_or_path") or model.get("gguf_file") or "?"
+        if self.sub_title:  # e.g. the demo says it runs a demo configuration
+            name = f"{name} [{self.sub_title}]"
         info = StatusInfo(
             model=str(name),
             method=m.method,
