@@ -58,3 +58,59 @@ def progress_printer(quiet: bool = False):
             print(message, file=sys.stderr, flush=True)
 
     return emit
+
+
+def add_eval_args(parser, batch_flag: str = "--batch-size") -> None:
+    """What to evaluate: shared by `eval` and by `run`/`tui` (where --batch-size is the search's)."""
+    parser.add_argument(
+        "--ppl",
+        default=None,
+        help="perplexity text: wikitext2 (test split), c4 (validation) or a .txt/.jsonl",
+    )
+    parser.add_argument(
+        "--ppl-seq-len", type=int, default=2048, help="perplexity window length (default 2048)"
+    )
+    parser.add_argument(
+        "--ppl-max-tokens", type=int, default=None, help="score at most this many tokens of the text"
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated lm-eval tasks or groups, e.g. arc_easy,hellaswag"
+    )
+    parser.add_argument("--tasks-dir", default=None, help="folder of local lm-eval task YAMLs (include path)")
+    parser.add_argument(
+        "--limit",
+        type=float,
+        default=None,
+        help="examples per task (or a fraction < 1); for quick checks only",
+    )
+    parser.add_argument(
+        "--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)"
+    )
+    parser.add_argument(
+        batch_flag,
+        dest="eval_batch_size",
+        type=int,
+        default=8,
+        help="batch size for perplexity and lm-eval (default 8)",
+    )
+
+
+def eval_request(args: argparse.Namespace, seed: int, calibration: dict | None = None):
+    """The EvalRequest the options of `add_eval_args` describe; `calibration` is the session's record."""
+    from finercut_tui.eval.request import EvalRequest
+
+    calibration = calibration or {}
+    return EvalRequest(
+        ppl=args.ppl,
+        ppl_seq_len=args.ppl_seq_len,
+        ppl_max_tokens=args.ppl_max_tokens,
+        tasks=args.tasks or (),
+        tasks_dir=args.tasks_dir,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.eval_batch_size,
+        seed=seed,
+        calibration_source=calibration.get("source"),
+        calibration_split=calibration.get("split"),
+        calibration_text_sha256=calibration.get("text_sha256"),
+    )

@@ -12,7 +12,13 @@ import math
 import os
 from typing import Any
 
-from finercut_tui.commands.common import add_model_args, model_spec, progress_printer
+from finercut_tui.commands.common import (
+    add_eval_args,
+    add_model_args,
+    eval_request,
+    model_spec,
+    progress_printer,
+)
 from finercut_tui.errors import FinercutError
 
 
@@ -35,51 +41,13 @@ def register(subparsers) -> None:
         default=None,
         help="apply the session's first K removals (default: all; 0 = the unpruned baseline)",
     )
-    p.add_argument(
-        "--ppl",
-        default=None,
-        help="perplexity text: wikitext2 (test split), c4 (validation) or a .txt/.jsonl",
-    )
-    p.add_argument("--ppl-seq-len", type=int, default=2048, help="perplexity window length (default 2048)")
-    p.add_argument(
-        "--ppl-max-tokens", type=int, default=None, help="score at most this many tokens of the text"
-    )
-    p.add_argument(
-        "--tasks", default=None, help="comma-separated lm-eval tasks or groups, e.g. arc_easy,hellaswag"
-    )
-    p.add_argument("--tasks-dir", default=None, help="folder of local lm-eval task YAMLs (include path)")
-    p.add_argument(
-        "--limit",
-        type=float,
-        default=None,
-        help="examples per task (or a fraction < 1); for quick checks only",
-    )
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
-    p.add_argument(
-        "--batch-size", type=int, default=8, help="batch size for perplexity and lm-eval (default 8)"
-    )
+    add_eval_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed for lm-eval's sampling and few-shot choice")
     p.set_defaults(func=run)
 
 
 def _request(args: argparse.Namespace, session=None):
-    from finercut_tui.eval.request import EvalRequest
-
-    calibration = dict(session.calibration) if session is not None else {}
-    return EvalRequest(
-        ppl=args.ppl,
-        ppl_seq_len=args.ppl_seq_len,
-        ppl_max_tokens=args.ppl_max_tokens,
-        tasks=args.tasks or (),
-        tasks_dir=args.tasks_dir,
-        limit=args.limit,
-        num_fewshot=args.num_fewshot,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        calibration_source=calibration.get("source"),
-        calibration_split=calibration.get("split"),
-        calibration_text_sha256=calibration.get("text_sha256"),
-    )
+    return eval_request(args, args.seed, session.calibration if session is not None else None)
 
 
 def resolve_step(session, step: int | None) -> int:

@@ -6,7 +6,13 @@ import argparse
 import sys
 import time
 
-from finercut_tui.commands.common import add_model_args, model_spec, progress_printer
+from finercut_tui.commands.common import (
+    add_eval_args,
+    add_model_args,
+    eval_request,
+    model_spec,
+    progress_printer,
+)
 from finercut_tui.search import methods as M
 from finercut_tui.search.events import (
     CandidateScored,
@@ -84,14 +90,7 @@ def _add_eval_args(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="evaluate after every K removals and at the end",
     )
-    e.add_argument("--ppl", default=None, help="perplexity on wikitext2 | c4 | PATH")
-    e.add_argument("--ppl-seq-len", type=int, default=2048)
-    e.add_argument("--ppl-max-tokens", type=int, default=None)
-    e.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks")
-    e.add_argument("--tasks-dir", default=None, help="folder of local lm-eval task YAMLs")
-    e.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task")
-    e.add_argument("--num-fewshot", type=int, default=None)
-    e.add_argument("--eval-batch-size", type=int, default=8)
+    add_eval_args(e, batch_flag="--eval-batch-size")
 
 
 def register(subparsers) -> None:
@@ -105,24 +104,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def eval_request_from_args(args, calibration_source: str | None = None):
-    if not (args.ppl or args.tasks):
-        return None
-    from finercut_tui.eval.request import EvalRequest
-
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
-    return EvalRequest(
-        ppl=args.ppl,
-        ppl_seq_len=args.ppl_seq_len,
-        ppl_max_tokens=args.ppl_max_tokens,
-        tasks=tasks,
-        tasks_dir=args.tasks_dir,
-        limit=args.limit,
-        num_fewshot=args.num_fewshot,
-        batch_size=args.eval_batch_size,
-        seed=args.seed or 0,
-        calibration_source=args.calib,
-    )
+def eval_request_from_args(args):
+    """The evaluation for --eval-every (its calibration fields are filled in by the job)."""
+    return eval_request(args, args.seed or 0) if (args.ppl or args.tasks) else None
 
 
 def options_from_args(args):
@@ -149,7 +133,7 @@ def options_from_args(args):
     opts.batch_size = args.batch_size if args.batch_size is not None else opts.batch_size
     opts.prefix_cache = args.prefix_cache
     opts.eval_every = args.eval_every
-    opts.eval_request = request = eval_request_from_args(args, calibration_source=opts.calib)
+    opts.eval_request = request = eval_request_from_args(args)
     if args.eval_every and request is None:
         from finercut_tui.errors import FinercutError
 
@@ -180,7 +164,6 @@ class ProgressBar:
         self.started = time.perf_counter()
         self.per_candidate: list[float] = []
         self.candidates = 0
-        self.step = 0
 
     def eta(self, index: int) -> str:
         if not self.per_candidate:
@@ -196,7 +179,7 @@ class ProgressBar:
         if isinstance(event, SearchStarted):
             self.target, self.done = event.target, len(event.removed)
         elif isinstance(event, StepStarted):
-            self.step, self.candidates = event.step, len(event.candidates)
+            self.candidates = len(event.candidates)
         elif isinstance(event, CandidateScored):
             if event.seconds:
                 self.per_candidate.append(event.seconds)
