@@ -8,7 +8,7 @@ import os
 import sys
 
 from finercut_tui import __version__
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, is_out_of_memory
 
 # each is a module under finercut_tui.commands with `register(subparsers)` and `run(args) -> int`
 COMMANDS = ("run", "tui", "replay", "show", "eval", "export", "speed", "info", "demo")
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        if is_out_of_memory(exc):
             print(
                 "finercut-tui: error: out of GPU memory: try --dtype bfloat16, --batch-size 1, fewer "
                 "--calib-samples or a shorter --seq-len, --prefix-cache cpu, or --device auto to use all GPUs",

@@ -11,11 +11,11 @@ architecture in the adapter table and with blocks spread over devices (`device_m
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from finercut_tui.errors import is_out_of_memory
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.metrics import NEEDS_REFERENCE, TOKEN_LOCAL, Reference, get_metric, prepare_reference
@@ -33,16 +33,6 @@ class _CachedPrefix(nn.Module):
 
     def forward(self, *args, **kwargs):
         return (self.value,) if self.as_tuple else self.value
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-@dataclass(frozen=True)
-class _Batch:
-    start: int
-    stop: int
 
 
 class Scorer:
@@ -72,9 +62,9 @@ class Scorer:
         self._stub = _CachedPrefix()
 
     # -- batching --------------------------------------------------------------------------------
-    def _batches(self) -> list[_Batch]:
+    def _batches(self) -> list[slice]:
         n = int(self.input_ids.shape[0])
-        return [_Batch(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
 
     def _with_oom_fallback(self, fn):
         """Run fn(); on out-of-memory halve the batch size (dropping caches) and retry."""
@@ -82,7 +72,7 @@ class Scorer:
             try:
                 return fn()
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                if not _is_oom(exc) or self.batch_size == 1:
+                if not is_out_of_memory(exc) or self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 self._reference = None
@@ -107,7 +97,7 @@ class Scorer:
         try:
             with torch.inference_mode():
                 self._reference = [
-                    prepare_reference(self._forward(self.input_ids[b.start : b.stop]), self.metric_name)
+                    prepare_reference(self._forward(self.input_ids[b]), self.metric_name)
                     for b in self._batches()
                 ]
         finally:
@@ -138,7 +128,7 @@ class Scorer:
             with torch.inference_mode():
                 for b in self._batches():
                     captured = []
-                    self._forward(self.input_ids[b.start : b.stop])
+                    self._forward(self.input_ids[b])
                     per_batch.append(captured)
         finally:
             for h in handles:
@@ -166,7 +156,7 @@ class Scorer:
         total, count = None, 0
         with torch.inference_mode():
             for i, b in enumerate(self._batches()):
-                ids = self.input_ids[b.start : b.stop]
+                ids = self.input_ids[b]
                 logits = self._logits_from(first_block, i, ids)
                 for r0, r1, t0, t1 in self._chunks(logits):
                     ref = reference[i].rows(r0, r1).tokens(t0, t1) if reference else None

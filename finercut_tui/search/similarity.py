@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, is_out_of_memory
 from finercut_tui.model.surgery import PrunableModel
 
 
@@ -51,7 +51,7 @@ def measure_similarities(
         try:
             return _measure(pm, input_ids, batch)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if "out of memory" not in str(exc).lower() or batch == 1:
+            if not is_out_of_memory(exc) or batch == 1:
                 raise
             batch = max(1, batch // 2)
             if torch.cuda.is_available():
