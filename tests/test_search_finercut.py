@@ -12,6 +12,7 @@ from finercut_tui.data.calibration import build_calibration
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import SublayerRemoved
+from finercut_tui.search.scoring import Scorer
 
 CALIB = ["--calib-samples", "3", "--seq-len", "24"]
 
@@ -93,6 +94,48 @@ def test_prefix_cache_on_off_and_offloaded_agree(name):
         assert order == order_off, mode
         for sid, value in scores_off.items():
             assert scores[sid] == pytest.approx(value, rel=1e-5, abs=1e-9), (mode, sid)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt2"])
+def test_prefix_cache_follows_any_change_of_the_model(name):
+    """Removals, restores and removals out of block order (undo, force-remove) between scores:
+    the cached block inputs are refreshed from the first changed block and scores stay exact."""
+    torch.manual_seed(0)
+    ids = torch.randint(3, 128, (3, 20))
+    pm = PrunableModel(tiny_model(name))
+    cached, plain = Scorer(pm, ids, prefix_cache="gpu", batch_size=2), Scorer(pm, ids, prefix_cache="off")
+    states = [[], ["2.mlp"], ["2.mlp", "0.attn"], ["0.attn"], ["0.attn", "3.attn"], ["1.mlp", "3.attn"], []]
+    for removed in states:
+        pm.set_removed(removed)
+        for sid in ("0.mlp", "1.attn", "2.attn", "3.mlp"):
+            if sid not in removed:
+                assert cached.score(sid) == pytest.approx(plain.score(sid), rel=1e-5, abs=1e-9), (
+                    removed,
+                    sid,
+                )
+
+
+def test_recapture_runs_only_from_the_changed_block_and_never_the_head():
+    torch.manual_seed(0)
+    ids = torch.randint(3, 128, (2, 16))
+    model = tiny_model("llama")
+    pm = PrunableModel(model)
+    scorer = Scorer(pm, ids)
+    scorer.begin_step()
+    calls = []
+    handles = [
+        block.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))
+        for i, block in enumerate(pm.blocks)
+    ]
+    handles.append(model.lm_head.register_forward_pre_hook(lambda m, a: calls.append("head")))
+    pm.set_removed(["2.attn"])
+    scorer.begin_step()
+    assert calls == [2, 3]  # block 2 runs (its input is current), block 3's input is captured
+    calls.clear()
+    scorer.begin_step()
+    assert calls == []  # nothing changed
+    for h in handles:
+        h.remove()
 
 
 def test_pins_are_never_removed_and_front_exclusion_holds_back(tmp_path):

@@ -1,8 +1,8 @@
 """Scoring candidates fast: reference logits once, block inputs cached per greedy step.
 
 Prefix caching: all candidates in block b share the residual stream entering block b. Once per
-greedy step we run the current pruned model with pre-hooks that keep every block's input; a
-candidate in block b is then scored by running the real model's forward with blocks 0..b-1
+greedy step we run the current pruned model with pre-hooks that keep every block's input (from
+the first block the last change touched, stopping before the head); a candidate in block b is then scored by running the real model's forward with blocks 0..b-1
 swapped for a stand-in that returns the cached input of block b. Embeddings, masks, the final
 norm, soft-capping and the head all run through the model's own code, so this works for every
 architecture in the adapter table and with blocks spread over devices (`device_map="auto"`).
@@ -10,6 +10,7 @@ architecture in the adapter table and with blocks spread over devices (`device_m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,10 @@ class _CachedPrefix(nn.Module):
         return (self.value,) if self.as_tuple else self.value
 
 
+class _StopForward(Exception):
+    """Raised after the last block while capturing block inputs: the head's output is not needed."""
+
+
 class Scorer:
     """Scores "the current pruned model with one more sublayer removed" against the original model."""
 
@@ -58,6 +63,8 @@ class Scorer:
         self.log = log
         self._reference: list[Reference] | None = None
         self._block_inputs: list[list[torch.Tensor]] | None = None  # [batch][block]
+        self._captured_for: frozenset[str] | None = None  # the removed set the cache was made for
+        self._block_devices = pm.block_devices()
         self._tuple_outputs = False
         self._stub = _CachedPrefix()
 
@@ -77,6 +84,7 @@ class Scorer:
                 self.batch_size = max(1, self.batch_size // 2)
                 self._reference = None
                 self._block_inputs = None
+                self._captured_for = None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.log(f"out of memory: retrying with --batch-size {self.batch_size}")
@@ -105,42 +113,69 @@ class Scorer:
 
     # -- per greedy step ---------------------------------------------------------------------------
     def begin_step(self) -> None:
-        """Cache the input of every block for the current pruned model (one forward pass)."""
-        self._block_inputs = None
-        if self.prefix_cache != "off":
-            self._with_oom_fallback(self._capture_block_inputs)
+        """Cache the input of every block for the current pruned model.
+
+        Only blocks after the first changed one are recomputed (block b's input depends on blocks
+        before b alone), and the forward stops after the last block: no norm, head or logits.
+        """
+        if self.prefix_cache == "off":
+            self._block_inputs = None
+            return
+        self._with_oom_fallback(self._capture_block_inputs)
+
+    def _stale_range(self, removed: frozenset[str]) -> tuple[int, int] | None:
+        """(run from, capture from): the blocks to run and the first block whose cached input is out
+        of date for `removed`; None when every cached input is current."""
+        if self._block_inputs is None or self._captured_for is None:
+            return 0, 0
+        changed = removed ^ self._captured_for
+        if not changed:
+            return None
+        first = min(split_id(sid)[0] for sid in changed)  # its input is still current
+        return (first, first + 1) if first + 1 < self.pm.num_blocks else None
 
     def _capture_block_inputs(self) -> None:
+        removed = frozenset(self.pm.removed)
+        stale = self._stale_range(removed)
+        if stale is None:
+            self._captured_for = removed
+            return
+        run_from, start = stale
         to_cpu = self.prefix_cache == "cpu"
+        blocks = self.pm.blocks
         captured: list[torch.Tensor] = []
 
         def keep(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             captured.append(hidden.detach().to("cpu", non_blocking=True) if to_cpu else hidden.detach())
 
-        def note_output(module, args, output):
+        def note_output_and_stop(module, args, output):
             self._tuple_outputs = isinstance(output, tuple)
+            raise _StopForward
 
-        handles = [block.register_forward_pre_hook(keep, with_kwargs=True) for block in self.pm.blocks]
-        handles.append(self.pm.blocks[0].register_forward_hook(note_output))
-        per_batch = []
+        handles = [
+            blocks[j].register_forward_pre_hook(keep, with_kwargs=True) for j in range(start, len(blocks))
+        ]
+        handles.append(blocks[-1].register_forward_hook(note_output_and_stop))
+        per_batch = self._block_inputs if start > 0 else [[] for _ in self._batches()]
         try:
             with torch.inference_mode():
-                for b in self._batches():
+                for i, b in enumerate(self._batches()):
                     captured = []
-                    self._forward(self.input_ids[b])
-                    per_batch.append(captured)
+                    with contextlib.suppress(_StopForward):
+                        self._run_from(run_from, i, self.input_ids[b])
+                    per_batch[i] = per_batch[i][:start] + captured
         finally:
             for h in handles:
                 h.remove()
         self._block_inputs = per_batch
+        self._captured_for = removed
 
     # -- candidates --------------------------------------------------------------------------------
     def score(self, sid: str) -> float:
         """Distance to the original model of the current model with `sid` also removed."""
         self.reference()
-        if self.prefix_cache != "off" and self._block_inputs is None:
-            self.begin_step()
+        self.begin_step()  # a no-op unless the model changed since the last capture
         with self.pm.removed_also(sid):
             return self._with_oom_fallback(lambda: self._score_current(split_id(sid)[0]))
 
@@ -182,10 +217,16 @@ class Scorer:
                 yield r, min(r + step_rows, n), s, min(s + step_tokens, t)
 
     def _logits_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
-        if first_block == 0 or self._block_inputs is None:
+        if self._block_inputs is None:
+            return self._forward(ids)
+        return self._run_from(first_block, batch, ids)
+
+    def _run_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
+        """The model's own forward with blocks 0..first_block-1 replaced by block first_block's cached input."""
+        if first_block == 0:
             return self._forward(ids)
         cached = self._block_inputs[batch][first_block]
-        device = self.pm.block_devices()[first_block]
+        device = self._block_devices[first_block]
         self._stub.value = cached.to(device, non_blocking=True)
         self._stub.as_tuple = self._tuple_outputs
         blocks = self.pm.blocks
