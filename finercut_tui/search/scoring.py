@@ -2,10 +2,13 @@
 
 Prefix caching: all candidates in block b share the residual stream entering block b. Once per
 greedy step we run the current pruned model with pre-hooks that keep every block's input (from
-the first block the last change touched, stopping before the head); a candidate in block b is then scored by running the real model's forward with blocks 0..b-1
-swapped for a stand-in that returns the cached input of block b. Embeddings, masks, the final
-norm, soft-capping and the head all run through the model's own code, so this works for every
-architecture in the adapter table and with blocks spread over devices (`device_map="auto"`).
+the first block the last change touched, stopping before the head); a candidate in block b is
+then scored by running the real model's forward with blocks 0..b-1 swapped for a stand-in that
+returns the cached input of block b. Embeddings, masks, the final norm, soft-capping and the head
+all run through the model's own code, so this works for every architecture in the adapter table
+and with blocks spread over devices (`device_map="auto"`).
+
+On CPU the head runs in vocabulary slices (sliced_head.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from finercut_tui.errors import is_out_of_memory
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.metrics import NEEDS_REFERENCE, TOKEN_LOCAL, Reference, get_metric, prepare_reference
+from finercut_tui.search.sliced_head import HeadSlicer
 
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
 
@@ -67,6 +71,7 @@ class Scorer:
         self._block_devices = pm.block_devices()
         self._tuple_outputs = False
         self._stub = _CachedPrefix()
+        self._sliced_head = HeadSlicer(pm.model)
 
     # -- batching --------------------------------------------------------------------------------
     def _batches(self) -> list[slice]:
@@ -90,7 +95,8 @@ class Scorer:
                 self.log(f"out of memory: retrying with --batch-size {self.batch_size}")
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.pm.model(input_ids=ids, use_cache=False).logits
+        with self._sliced_head():
+            return self.pm.model(input_ids=ids, use_cache=False).logits
 
     # -- reference -------------------------------------------------------------------------------
     def reference(self) -> list[Reference]:
