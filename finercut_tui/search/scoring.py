@@ -202,7 +202,7 @@ class Scorer:
         with torch.inference_mode():
             for i, b in enumerate(self._batches()):
                 ids = self.input_ids[b]
-                logits = self._logits_from(first_block, i, ids)
+                logits = self._run_from(first_block, i, ids)
                 for r0, r1, t0, t1 in self._chunks(logits):
                     ref = reference[i].rows(r0, r1).tokens(t0, t1) if reference else None
                     values = self.metric(ref, logits[r0:r1, t0:t1], ids[r0:r1, t0:t1])
@@ -226,14 +226,10 @@ class Scorer:
             for s in range(0, t, step_tokens):
                 yield r, min(r + step_rows, n), s, min(s + step_tokens, t)
 
-    def _logits_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
-        if self._block_inputs is None:
-            return self._forward(ids)
-        return self._run_from(first_block, batch, ids)
-
     def _run_from(self, first_block: int, batch: int, ids: torch.Tensor) -> torch.Tensor:
-        """The model's own forward with blocks 0..first_block-1 replaced by block first_block's cached input."""
-        if first_block == 0:
+        """The model's own forward with blocks 0..first_block-1 replaced by block first_block's
+        cached input (a full forward when nothing is cached)."""
+        if first_block == 0 or self._block_inputs is None:
             return self._forward(ids)
         cached = self._block_inputs[batch][first_block]
         device = self._block_devices[first_block]
