@@ -65,6 +65,7 @@ class HeadSlicer:
 
     def __init__(self, model: nn.Module):
         self.slot = _head_slot(model)
+        self._sliced = None if self.slot is None else SlicedHead(self.slot[2])
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -72,7 +73,7 @@ class HeadSlicer:
             yield
             return
         parent, attribute, head = self.slot
-        setattr(parent, attribute, SlicedHead(head))
+        setattr(parent, attribute, self._sliced)
         try:
             yield
         finally:
