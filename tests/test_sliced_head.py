@@ -3,6 +3,7 @@ for fp32 CPU linears wide enough to gain from it."""
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from torch import nn
 
 from finercut_tui.model.surgery import PrunableModel
@@ -13,19 +14,7 @@ VOCAB = 5 * SLICE_ROWS + 123  # a ragged last slice
 
 
 def wide_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", vocab_size=VOCAB)
 
 
 def test_sliced_head_matches_the_head_with_and_without_bias():
@@ -54,8 +43,6 @@ def test_head_is_sliced_only_inside_the_context_and_state_dict_is_untouched():
 def test_no_slicing_for_narrow_heads_or_other_dtypes():
     model = wide_llama()
     assert HeadSlicer(model.to(torch.bfloat16)).slot is None
-    from tests.tiny_models import tiny_model
-
     assert HeadSlicer(tiny_model("llama")).slot is None  # vocabulary of 128: nothing to gain
 
 
