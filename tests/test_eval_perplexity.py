@@ -9,10 +9,10 @@ import torch
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-from finercut_tui.data.sources import Text
+from finercut_tui.data.sources import Text, text_sha256
 from finercut_tui.errors import FinercutError
 from finercut_tui.eval import EvalRequest, perplexity, retained_percent, run_eval
-from finercut_tui.eval.runner import overlaps_calibration, text_sha256
+from finercut_tui.eval.runner import overlaps_calibration
 from finercut_tui.model.surgery import PrunableModel
 
 REMOVALS = ["0.attn", "2.mlp"]

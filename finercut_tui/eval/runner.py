@@ -25,7 +25,6 @@ unpruned model" and lower is worse either way; None where the baseline value mak
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finercut_tui.data.sources import NAMED, Text, load_text
+from finercut_tui.data.sources import NAMED, Text, load_text, text_sha256
 from finercut_tui.errors import FinercutError
 from finercut_tui.eval.request import EvalRequest
 
@@ -43,10 +42,6 @@ log = logging.getLogger(__name__)
 
 # the split `load_text(name, purpose="calibration")` reads, for sessions that did not record it
 _CALIBRATION_SPLIT = {"wikitext2": "train", "c4": "validation", "pydoc": "first-half"}
-
-
-def text_sha256(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _bare(sha: str) -> str:

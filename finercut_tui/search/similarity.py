@@ -6,6 +6,11 @@ Parallel-residual blocks (GPT-NeoX) have both sublayers read X: attention Y = X 
 Y = X + mlp(X). Sublayer contributions are taken from the output of each group's last module
 (Gemma's post-norm included), via forward hooks, for all modules at once; cosines in fp32,
 averaged over every calibration token.
+
+As LLM-Drop does (`get_layer_similarities`, drop_norm): a sublayer's Y for its score is
+X.float() + f(X).float(), cast first and added in fp32, not the model-dtype sum cast afterwards (the
+same in fp32, not in bf16/fp16). The MLP's X is what the model itself feeds it: the residual after
+attention as summed in the model's dtype. A block's output is the block's own, cast to fp32.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similari
         cos = F.cosine_similarity(x.float(), y.float(), dim=-1)
         sums.setdefault((kind, b), []).append(cos.double().sum())
 
+    def add_residual(kind: str, b: int, x: torch.Tensor, fx: torch.Tensor) -> None:
+        x32 = x.float()
+        add(kind, b, x32, x32 + fx.view_as(x).float())  # LLM-Drop: cast, then add in fp32
+
     def on_input(b):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
@@ -80,17 +89,16 @@ def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similari
     def on_attn(b):
         def hook(module, args, output):
             x = state[b]["x"]
-            y = x + _first(output).view_as(x)
-            add("attn", b, x, y)
+            fx = _first(output)
+            add_residual("attn", b, x, fx)
             if not pm.parallel_residual:
-                state[b]["mid"] = y
+                state[b]["mid"] = x + fx.view_as(x)  # the MLP's input, as the model sums it
 
         return hook
 
     def on_mlp(b):
         def hook(module, args, output):
-            mid = state[b]["mid"]
-            add("mlp", b, mid, mid + _first(output).view_as(mid))
+            add_residual("mlp", b, state[b]["mid"], _first(output))
 
         return hook
 
