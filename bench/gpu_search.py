@@ -23,9 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _naive import naive_finercut  # noqa: E402
 
+from finercut_tui.domain.spec import SearchSpec  # noqa: E402
 from finercut_tui.model.sublayers import split_id  # noqa: E402
 from finercut_tui.model.surgery import PrunableModel  # noqa: E402
-from finercut_tui.search.engine import SearchConfig, SearchEngine  # noqa: E402
+from finercut_tui.search.engine import SearchEngine  # noqa: E402
 from finercut_tui.search.events import CandidateScored, StepStarted, SublayerRemoved  # noqa: E402
 from finercut_tui.search.similarity import measure_similarities  # noqa: E402
 
@@ -77,7 +78,7 @@ def forward_flops(
 def run_ours(model, ids):
     pm = PrunableModel(model)
     L = pm.num_blocks
-    engine = SearchEngine(pm, ids, SearchConfig(method="finercut", target=2 * L, metric="js"))
+    engine = SearchEngine(pm, ids, SearchSpec(method="finercut", metric="js"), 2 * L)
     tokens, seq_len = ids.numel(), ids.shape[1]
     flops, evaluations, order = 0.0, 0, []
     sync()

@@ -19,45 +19,26 @@ from typing import Any
 
 import yaml
 
-from finercut_tui.errors import SessionError
+from finercut_tui.domain.evals import EvalRecord
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.records import CalibrationRecord, ModelRecord, Step, Undone
+from finercut_tui.domain.spec import MethodRecord, SearchSpec
+from finercut_tui.errors import FinercutError, SessionError
+from finercut_tui.model.sublayers import parse_id
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "model", "calibration", "method", "steps")
 
 
 @dataclass
-class Step:
-    removed: str
-    by: str = "search"  # "search" | "manual"
-    score: float | None = None
-    scores: dict[str, float] | None = None
-    seconds: float | None = None
-
-    def to_yaml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"removed": self.removed, "by": self.by}
-        if self.score is not None:
-            out["score"] = _round(self.score)
-        if self.scores:
-            out["scores"] = {k: _round(v) for k, v in self.scores.items()}
-        if self.seconds is not None:
-            out["seconds"] = round(float(self.seconds), 3)
-        return out
-
-
-def _round(x: float) -> float:
-    """Keep full float precision in YAML (repr round-trips), but plain floats, not numpy scalars."""
-    return float(x)
-
-
-@dataclass
 class Session:
-    model: dict[str, Any]
-    calibration: dict[str, Any]
-    method: dict[str, Any]
-    pinned: list[str] = field(default_factory=list)
+    model: ModelRecord
+    calibration: CalibrationRecord
+    method: MethodRecord
+    pinned: Pins = field(default_factory=Pins)
     steps: list[Step] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    undone: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
+    undone: list[Undone] = field(default_factory=list)
     command: str | None = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     notes: str = ""
@@ -67,15 +48,34 @@ class Session:
     # -- queries -------------------------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
-        return int(self.model["num_blocks"])
+        return self.model.num_blocks
+
+    @property
+    def spec(self) -> SearchSpec:
+        return self.method.spec
 
     def removed_at(self, k: int | None = None) -> list[str]:
         """The first k removals (all when k is None), in order."""
         steps = self.steps if k is None else self.steps[:k]
         return [s.removed for s in steps]
 
-    def baseline_evals(self) -> list[dict[str, Any]]:
-        return [e for e in self.evals if e.get("step") == 0]
+    def evals_until(self, k: int) -> list[EvalRecord]:
+        return [e for e in self.evals if e.step <= k]
+
+    def one_shot_scores(self) -> dict[str, float] | None:
+        """The scores a one-shot method ranked once (the first step that recorded any)."""
+        return next((dict(s.scores) for s in self.steps if s.scores), None)
+
+    # -- operations ------------------------------------------------------------------------------
+    def continued_from(self, k: int, origin: str) -> Session:
+        """A new, unfinished session holding this one's first k steps (to search on from there)."""
+        new = Session.from_yaml_dict(self.to_yaml_dict(), source=origin)
+        new.steps = new.steps[:k]
+        new.evals = new.evals_until(k)
+        new.undone = []
+        new.finished = False
+        new.notes = (new.notes + "\n" if new.notes else "") + f"continued from {origin} at step {k}"
+        return new
 
     # -- YAML ------------------------------------------------------------------------------------
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -83,16 +83,16 @@ class Session:
             "schema_version": self.schema_version,
             "created": self.created,
             "command": self.command,
-            "model": dict(self.model),
-            "calibration": dict(self.calibration),
-            "method": dict(self.method),
-            "pinned": list(self.pinned),
-            "steps": [s.to_yaml() for s in self.steps],
-            "evals": list(self.evals),
+            "model": self.model.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "method": self.method.to_dict(),
+            "pinned": self.pinned.canonical(),
+            "steps": [s.to_dict() for s in self.steps],
+            "evals": [e.to_dict() for e in self.evals],
             "finished": self.finished,
         }
         if self.undone:
-            out["undone"] = list(self.undone)
+            out["undone"] = [u.to_dict() for u in self.undone]
         if self.notes:
             out["notes"] = self.notes
         return out
@@ -121,31 +121,28 @@ class Session:
                 f"({SCHEMA_VERSION}): upgrade finercut-tui (pip install -U finercut-tui); the file was not changed"
             )
         try:
-            steps = [Step(**_step_fields(s)) for s in data.get("steps") or []]
+            model = ModelRecord.from_dict(data["model"])
+            for sid in [
+                *(s.get("removed") for s in data.get("steps") or [] if isinstance(s, dict)),
+                *(data.get("pinned") or []),
+            ]:
+                parse_id(str(sid), model.num_blocks, allow_block=True)
             session = cls(
-                model=dict(data["model"]),
-                calibration=dict(data["calibration"]),
-                method=dict(data["method"]),
-                pinned=[str(p) for p in data.get("pinned") or []],
-                steps=steps,
-                evals=list(data.get("evals") or []),
-                undone=list(data.get("undone") or []),
+                model=model,
+                calibration=CalibrationRecord.from_dict(data["calibration"]),
+                method=MethodRecord.from_dict(data["method"]),
+                pinned=Pins(str(p) for p in data.get("pinned") or []),
+                steps=[Step.from_dict(s) for s in data.get("steps") or []],
+                evals=[EvalRecord.from_dict(e) for e in data.get("evals") or []],
+                undone=[Undone.from_dict(u) for u in data.get("undone") or []],
                 command=data.get("command"),
                 created=str(data.get("created") or ""),
                 notes=str(data.get("notes") or ""),
                 finished=bool(data.get("finished", False)),
                 schema_version=version,
             )
-            int(session.model["num_blocks"])
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, FinercutError) as exc:
             raise SessionError(f"{source} is corrupt ({exc}); fix it by hand or start a new session") from exc
-        from finercut_tui.model.sublayers import parse_id
-
-        for sid in session.removed_at() + session.pinned:
-            try:
-                parse_id(sid, session.num_blocks, allow_block=True)
-            except Exception as exc:  # noqa: BLE001 - re-raised as a session error
-                raise SessionError(f"{source} is corrupt: {exc}") from exc
         return session
 
     @classmethod
@@ -162,19 +159,6 @@ class Session:
                 f"{path} is not valid YAML{line}; it was left untouched: fix it or start a new session"
             ) from exc
         return cls.from_yaml_dict(data, source=str(path))
-
-
-def _step_fields(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict) or "removed" not in raw:
-        raise ValueError(f"bad step entry {raw!r}")
-    allowed = {"removed", "by", "score", "scores", "seconds"}
-    out = {k: v for k, v in raw.items() if k in allowed}
-    out["removed"] = str(out["removed"])
-    if out.get("by", "search") not in ("search", "manual"):
-        raise ValueError(f"bad 'by' in step {raw!r}")
-    if out.get("scores") is not None:
-        out["scores"] = {str(k): float(v) for k, v in out["scores"].items()}
-    return out
 
 
 def _file_mode(path: Path) -> int:
@@ -216,21 +200,21 @@ def save_text_atomic(path: Path, text: str) -> None:
 def check_matches(
     session: Session,
     *,
-    model: dict[str, Any] | None = None,
-    calibration: dict[str, Any] | None = None,
+    architecture: str | None = None,
+    num_blocks: int | None = None,
+    calibration: CalibrationRecord | None = None,
     source: str = "session",
 ) -> None:
     """Raise SessionError when the session was recorded on another model or calibration set."""
-    if model is not None:
-        for key in ("architecture", "num_blocks"):
-            if key in model and key in session.model and model[key] != session.model[key]:
-                raise SessionError(
-                    f"{source} was recorded on {session.model.get('name_or_path')} "
-                    f"({key} {session.model[key]}), not on this model ({key} {model[key]}); "
-                    "pass the session's model or start a new session"
-                )
+    for key, mine in (("architecture", architecture), ("num_blocks", num_blocks)):
+        theirs = getattr(session.model, key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise SessionError(
+                f"{source} was recorded on {session.model.name} ({key} {theirs}), not on this model "
+                f"({key} {mine}); pass the session's model or start a new session"
+            )
     if calibration is not None:
-        mine, theirs = calibration.get("fingerprint"), session.calibration.get("fingerprint")
+        mine, theirs = calibration.fingerprint, session.calibration.fingerprint
         if mine and theirs and mine != theirs:
             raise SessionError(
                 f"{source} was scored on other calibration tokens ({theirs[:19]}... vs {mine[:19]}...): "

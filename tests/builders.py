@@ -26,3 +26,54 @@ def local_tasks_dir(base: Path) -> Path:
             text = src.read_text(encoding="utf-8").replace("tests/data/tasks/", f"{TASKS.resolve()}/")
             (target / src.name).write_text(text, encoding="utf-8")
     return target
+
+
+def make_engine(
+    pm,
+    ids,
+    target: int,
+    *,
+    batch_size=None,
+    prefix_cache="gpu",
+    eval_every=0,
+    eval_request=None,
+    pins=(),
+    **spec_and_engine,
+):
+    """A SearchEngine from flat keywords: SearchSpec fields, scoring knobs, and engine arguments."""
+    from dataclasses import fields
+
+    from finercut_tui.domain.pins import Pins
+    from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSpec
+    from finercut_tui.search.engine import SearchEngine
+
+    names = {f.name for f in fields(SearchSpec)}
+    spec = SearchSpec(**{k: v for k, v in spec_and_engine.items() if k in names})
+    rest = {k: v for k, v in spec_and_engine.items() if k not in names}
+    return SearchEngine(
+        pm,
+        ids,
+        spec,
+        target,
+        scoring=ScoringOptions(batch_size, prefix_cache),
+        schedule=EvalSchedule(eval_every, eval_request),
+        pins=Pins(pins),
+        **rest,
+    )
+
+
+def session_from(
+    model: dict, calibration: dict | None = None, method: dict | None = None, steps=(), **fields
+):
+    """A Session from plain mappings, as a file would hold them (missing calibration keys filled)."""
+    from finercut_tui.session import Session
+
+    data = {
+        "schema_version": 1,
+        "model": model,
+        "calibration": {"source": "x.txt", "samples": 1, "seq_len": 2, **(calibration or {})},
+        "method": {"name": "finercut", **(method or {})},
+        "steps": [s.to_dict() for s in steps],
+        **fields,
+    }
+    return Session.from_yaml_dict(data)

@@ -1,5 +1,6 @@
-"""The core never imports textual: with `import textual` made to fail, the core packages, the render
-module and the CLI parser still import (the TUI is a face over the core, never the reverse)."""
+"""The core never imports textual: with `import textual` made to fail, the core packages (model, data,
+search, eval, domain), the session, the grid's view model, the reports and the CLI parser still
+import (the TUI is a face over the core, never the reverse)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,20 @@ class NoTextual(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTextual())
 import finercut_tui
 done = []
-for package in ("model", "data", "search", "eval"):
+for package in ("model", "data", "search", "eval", "domain"):
     pkg = importlib.import_module(f"finercut_tui.{package}")
     done.append(pkg.__name__)
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"finercut_tui.{package}."):
         importlib.import_module(info.name)
         done.append(info.name)
-for name in ("finercut_tui.session", "finercut_tui.render", "finercut_tui.errors", "finercut_tui.cli"):
+for name in (
+    "finercut_tui.session",
+    "finercut_tui.layer_map",
+    "finercut_tui.report",
+    "finercut_tui.errors",
+    "finercut_tui.cli",
+    "finercut_tui.commands.run",
+):
     importlib.import_module(name)
     done.append(name)
 from finercut_tui.cli import build_parser

@@ -3,12 +3,13 @@
 import threading
 
 import torch
+from builders import make_engine
 from reference import greedy_finercut
 from tiny_models import tiny_model
 
+from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.controller import Controller
-from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import (
     CandidateScored,
     CandidateStarted,
@@ -25,12 +26,14 @@ IDS = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(3))
 
 def engine(target=4, evaluator=None, **kw):
     ctl = Controller()
-    eng = SearchEngine(
+    eng = make_engine(
         PrunableModel(tiny_model("llama")),
         IDS,
-        SearchConfig(method="finercut", target=target, **kw),
+        target,
+        method="finercut",
         controller=ctl,
         evaluator=evaluator,
+        **kw,
     )
     return eng, ctl
 
@@ -56,7 +59,7 @@ def test_pin_mid_step_excludes_the_candidate_for_good():
     order = [s for s, _ in removals(events)]
     assert want[0] not in order and len(order) == 3
     assert any(isinstance(e, PinChanged) and e.pinned for e in events)
-    assert want[0] in eng.pinned
+    assert want[0] in eng.pins
 
 
 def test_force_remove_is_manual_and_the_step_starts_over():
@@ -125,7 +128,7 @@ def test_evaluate_now_does_not_change_the_order():
     def evaluator(request, step):
         calls.append((request, step))
         torch.manual_seed(1234)  # an evaluation may touch RNG state: the search must not care
-        return [{"step": step, "results": {"fake": 1.0}}]
+        return [EvalRecord(step, results={"fake": 1.0})]
 
     eng, ctl = engine(target=4, evaluator=evaluator)
     events = []
@@ -152,9 +155,7 @@ def test_cancel_ends_cleanly():
 
 def test_unpin_mid_step_makes_the_sublayer_a_candidate_that_can_win():
     want, _ = greedy_finercut(tiny_model("llama"), IDS, "js", 1)
-    eng = SearchEngine(
-        PrunableModel(tiny_model("llama")), IDS, SearchConfig(method="finercut", target=1), pinned={want[0]}
-    )
+    eng = make_engine(PrunableModel(tiny_model("llama")), IDS, 1, method="finercut", pins={want[0]})
     ctl = eng.controller
     events = []
     for ev in eng.run():
@@ -168,7 +169,7 @@ def test_unpin_mid_step_makes_the_sublayer_a_candidate_that_can_win():
 
 def test_pinning_everything_scored_then_unpinning_one_does_not_crash():
     model = tiny_model("llama", num_hidden_layers=2)
-    eng = SearchEngine(PrunableModel(model), IDS, SearchConfig(method="finercut", target=1), pinned={"1.mlp"})
+    eng = make_engine(PrunableModel(model), IDS, 1, method="finercut", pins={"1.mlp"})
     ctl = eng.controller
     events = []
     for ev in eng.run():

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from builders import local_tasks_dir, save_tiny_checkpoint
+from builders import local_tasks_dir, save_tiny_checkpoint, session_from
 
 from finercut_tui.cli import main
 from finercut_tui.eval import perplexity
@@ -30,7 +30,7 @@ def text_file(tmp_path, english_text) -> Path:
 def make_session(
     path: Path, model_dir: Path, num_blocks: int = 4, architecture: str = "LlamaForCausalLM"
 ) -> Path:
-    session = Session(
+    session = session_from(
         model={"name_or_path": str(model_dir), "architecture": architecture, "num_blocks": num_blocks},
         calibration={"source": "wikitext2", "split": "train", "samples": 10, "seq_len": 256},
         method={"name": "finercut", "metric": "js"},
@@ -84,29 +84,29 @@ def test_step_k_applies_exactly_the_first_k_removals(tmp_path, model_dir, text_f
     first_three = frozenset({"0.attn", "2.mlp", "1.attn", "1.mlp"})  # 1.block is both its sublayers
     assert spy_set_removed[0] == first_three
     session = Session.load(session_path)
-    assert [e["step"] for e in session.evals] == [0, 3]
+    assert [e.step for e in session.evals] == [0, 3]
     name = f"ppl:{text_file}"
     text = text_file.read_text(encoding="utf-8")
-    assert session.evals[1]["results"][name] == pytest.approx(
+    assert session.evals[1].results[name] == pytest.approx(
         hand_ppl(model_dir, text, sorted(first_three)), rel=1e-5
     )
-    assert session.evals[0]["results"][name] == pytest.approx(hand_ppl(model_dir, text, []), rel=1e-5)
+    assert session.evals[0].results[name] == pytest.approx(hand_ppl(model_dir, text, []), rel=1e-5)
     out = capsys.readouterr().out
     assert name in out and "retained %" in out
-    assert session.evals[0]["overlaps_calibration"] is False  # a file vs wikitext2 train
+    assert session.evals[0].overlaps_calibration is False  # a file vs wikitext2 train
 
     # default step: all removals; the baseline is reused, so one record is appended
     spy_set_removed.clear()
     assert main([*base_args(model_dir, text_file), "--session", str(session_path)]) == 0
     assert spy_set_removed[0] == first_three | {"3.attn"}
     session = Session.load(session_path)
-    assert [e["step"] for e in session.evals] == [0, 3, 4]
+    assert [e.step for e in session.evals] == [0, 3, 4]
 
     # --step 0 is the baseline
     assert main([*base_args(model_dir, text_file), "--session", str(session_path), "--step", "0"]) == 0
     session = Session.load(session_path)
-    assert [e["step"] for e in session.evals] == [0, 3, 4, 0]
-    assert session.evals[-1]["results"] == session.evals[0]["results"]
+    assert [e.step for e in session.evals] == [0, 3, 4, 0]
+    assert session.evals[-1].results == session.evals[0].results
 
 
 def test_tasks_through_the_cli_and_without_session(tmp_path_factory, model_dir, text_file, capsys):
@@ -183,4 +183,4 @@ def test_steps_written_meanwhile_are_kept(tmp_path, model_dir, text_file, monkey
     monkeypatch.setattr(runner, "run_eval", search_writes_meanwhile)
     assert main([*base_args(model_dir, text_file), "--session", str(session_path), "--step", "1"]) == 0
     session = Session.load(session_path)
-    assert session.removed_at() == [*STEPS, "3.mlp"] and [e["step"] for e in session.evals] == [0, 1]
+    assert session.removed_at() == [*STEPS, "3.mlp"] and [e.step for e in session.evals] == [0, 1]

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from builders import save_tiny_checkpoint
+from builders import save_tiny_checkpoint, session_from
 from safetensors import safe_open
 from tiny_models import tiny_inputs, tiny_model
 from tiny_tokenizer import tiny_tokenizer
@@ -21,7 +21,7 @@ from finercut_tui.errors import FinercutError
 from finercut_tui.model.export import export_pruned
 from finercut_tui.model.sublayers import expand
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.session import Session, Step
+from finercut_tui.session import Step
 
 ARCH_CLASS = {
     "llama": "LlamaForCausalLM",
@@ -61,10 +61,10 @@ def write_session(path, model_path, name="llama", removed=("1.attn", "2.block", 
         "dtype": "float32",
     }
     model.update(fields.pop("model", {}))
-    Session(
+    session_from(
         model=model,
         calibration={"source": "english.txt", "fingerprint": "sha256:abc"},
-        method={"name": "finercut", "metric": "js", "target": 0.5},
+        method={"name": "finercut", "metric": "js", "target": 2, "target_spec": "0.25"},
         steps=[Step(sid, score=0.01 * i) for i, sid in enumerate(removed)],
         **fields,
     ).save(path)
@@ -266,8 +266,18 @@ def test_loaded_model_caches_only_kept_attention(tmp_path):
 def test_export_command_writes_card_and_removal_list(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "ckpt")
     evals = [
-        {"step": 0, "results": {"perplexity": {"english": 31.5}}},
-        {"step": 2, "results": {"perplexity": {"english": 40.25}}, "retained": {"perplexity": 0.78}},
+        {
+            "step": 0,
+            "results": {"ppl:english": 31.5},
+            "retained": {"ppl:english": 100.0},
+            "retained_average": 100.0,
+        },
+        {
+            "step": 2,
+            "results": {"ppl:english": 40.25},
+            "retained": {"ppl:english": 78.26},
+            "retained_average": 78.26,
+        },
     ]
     session = write_session(tmp_path / "s.yaml", ckpt, evals=evals)
     code, out, err = run_cli(
@@ -287,15 +297,15 @@ def test_export_command_writes_card_and_removal_list(tmp_path, capsys):
     for expected in [
         f"`{ckpt}`",
         "step 2 of 3",
-        "name=finercut, metric=js, target=0.5",
+        "name=finercut, target=2, target_spec=0.25, metric=js",
         "| attention sublayers | 2 | 4 |",
         "| MLP sublayers | 1 | 4 |",
         "| whole blocks (both sublayers) | 1 | 4 |",
         "In removal order: 1.attn, 2.block",
         f"- before: {before:,}",
         f"- after: {after:,}",
-        "- step 0; results: perplexity.english 31.5",
-        "- step 2; results: perplexity.english 40.25; retained: perplexity 0.78",
+        "- step 0: ppl:english 31.5 (100.0%); retained 100.0%",
+        "- step 2: ppl:english 40.25 (78.3%); retained 78.3%",
         "finercut_tui.load_pruned(DIR)",
     ]:
         assert expected in card, expected
@@ -305,7 +315,7 @@ def test_export_command_writes_card_and_removal_list(tmp_path, capsys):
 
 
 def test_ratio_picks_the_shortest_prefix():
-    session = Session(
+    session = session_from(
         model={"num_blocks": 4},
         calibration={},
         method={},

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from finercut_tui.search import methods
+from finercut_tui.domain import methods
 from finercut_tui.search.metrics import METRICS, prepare_reference
 
 G = torch.Generator().manual_seed(0)

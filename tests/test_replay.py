@@ -11,8 +11,8 @@ from pathlib import Path
 
 from data.sessions_fixture import session_30
 
+from finercut_tui.layer_map import CellState
 from finercut_tui.model.sublayers import KINDS, expand
-from finercut_tui.render import CellState
 from finercut_tui.session import Session
 
 DATA = Path(__file__).parent / "data"

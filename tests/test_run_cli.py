@@ -8,7 +8,7 @@ import time
 
 import pytest
 import yaml
-from builders import save_tiny_checkpoint
+from builders import save_tiny_checkpoint, session_from
 
 from finercut_tui.cli import main
 from finercut_tui.errors import SessionError
@@ -149,7 +149,7 @@ def test_resume_continues_to_a_larger_target_with_the_same_order(capsys, llama_d
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    s = Session(model={"num_blocks": 2}, calibration={}, method={"name": "finercut"})
+    s = session_from(model={"num_blocks": 2}, calibration={}, method={"name": "finercut"})
     path = tmp_path / "s.yaml"
     s.save(path)
     before = path.read_bytes()
@@ -166,7 +166,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
 
 def test_saved_sessions_get_normal_file_permissions(tmp_path):
-    s = Session(model={"num_blocks": 2}, calibration={}, method={"name": "finercut"})
+    s = session_from(model={"num_blocks": 2}, calibration={}, method={"name": "finercut"})
     old = os.umask(0o022)
     try:
         s.save(tmp_path / "new.yaml")
@@ -182,7 +182,7 @@ def test_session_round_trip_keeps_scores_exactly(tmp_path):
     from finercut_tui.session import Step
 
     scores = {"0.attn": 0.1 + 0.2, "1.mlp": 1e-12 / 3}
-    s = Session(
+    s = session_from(
         model={"num_blocks": 2},
         calibration={},
         method={"name": "finercut"},
@@ -271,17 +271,18 @@ def test_resume_refuses_changed_search_options_and_records_a_new_target(capsys, 
     code, _ = run(capsys, "--session", str(session), "--resume", "--target", "4", "--quiet")
     assert code == 0
     resumed = Session.load(session)
-    assert len(resumed.steps) == 4 and resumed.method["target"] == 4 and resumed.method["metric"] == "js"
+    assert len(resumed.steps) == 4 and resumed.method.target == 4 and resumed.spec.metric == "js"
 
 
 def test_undo_and_pin_from_the_controller_are_recorded_in_the_session(llama_dir, tmp_path):
+    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
     from finercut_tui.model.loading import ModelSpec
     from finercut_tui.search.events import PinChanged, SublayerRemoved, SublayerRestored
-    from finercut_tui.search.job import SearchOptions, prepare_job
+    from finercut_tui.search.job import prepare_job
 
     path = tmp_path / "s.yaml"
-    options = SearchOptions(target="3", calib=TEXT, calib_samples=2, seq_len=16)
-    job = prepare_job(options, ModelSpec(str(llama_dir), device="cpu"), path, progress=lambda m: None)
+    setup = SearchSetup(spec=SearchSpec(target="3"), calibration=CalibrationSpec(str(TEXT), 2, 16))
+    job = prepare_job(setup, ModelSpec(str(llama_dir), device="cpu"), path, progress=lambda m: None)
     seen = []
     for event in job.events():
         seen.append(event)
@@ -294,19 +295,29 @@ def test_undo_and_pin_from_the_controller_are_recorded_in_the_session(llama_dir,
             job.controller.undo()
             first = event.sublayer
     on_disk = Session.load(path)
-    assert [u["removed"] for u in on_disk.undone] == [first] and on_disk.undone[0]["undone_at_step"] == 1
+    assert [u.removed for u in on_disk.undone] == [first] and on_disk.undone[0].undone_at_step == 1
     assert first in on_disk.pinned and first not in on_disk.removed_at()
     assert len(on_disk.steps) == 3 and on_disk.finished
     assert any(isinstance(e, PinChanged) for e in seen)
 
 
-def test_options_from_a_session_keep_its_batch_size_after_an_oom_fallback():
-    from finercut_tui.search.job import SearchOptions
+def test_setup_from_a_session_keeps_its_batch_size_after_an_oom_fallback():
+    from finercut_tui.search.job import setup_from_session
 
-    s = Session(
-        model={"num_blocks": 4},
-        calibration={"source": "x.txt", "samples": 3, "seq_len": 16},
-        method={"name": "finercut", "metric": "kl", "target": 5, "target_spec": "5", "batch_size": 2},
+    s = Session.from_yaml_dict(
+        {
+            "schema_version": 1,
+            "model": {"num_blocks": 4},
+            "calibration": {"source": "x.txt", "samples": 3, "seq_len": 16},
+            "method": {"name": "finercut", "metric": "kl", "target": 5, "target_spec": "5", "batch_size": 2},
+            "steps": [],
+        }
     )
-    opts = SearchOptions.from_session(s, target="7")
-    assert (opts.batch_size, opts.metric, opts.target, opts.calib_samples) == (2, "kl", "7", 3)
+    setup = setup_from_session(s)
+    spec = setup.spec.replace(target="7")
+    assert (setup.scoring.batch_size, spec.metric, spec.target, setup.calibration.samples) == (
+        2,
+        "kl",
+        "7",
+        3,
+    )

@@ -4,16 +4,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from builders import save_tiny_checkpoint
+from builders import make_engine, save_tiny_checkpoint
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 from finercut_tui.cli import main
+from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.eval.request import EvalRequest
 from finercut_tui.eval.runner import run_eval
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.controller import Controller
-from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import CandidateScored, EvalFinished, SublayerRemoved
 
 
@@ -64,14 +64,17 @@ def test_evaluate_now_with_real_perplexity_keeps_the_removal_order(tmp_path):
 
     def order(with_eval: bool):
         pm = PrunableModel(tiny_model("llama"), tiny_tokenizer())
-        evals: list[dict] = []
+        evals: list = []
         ctl = Controller()
-        engine = SearchEngine(
+        engine = make_engine(
             pm,
             ids,
-            SearchConfig(method="finercut", target=4),
+            4,
+            method="finercut",
             controller=ctl,
-            evaluator=lambda req, step: run_eval(pm, req, step, evals),
+            evaluator=lambda req, step: [
+                EvalRecord.from_dict(r) for r in run_eval(pm, req, step, [e.to_dict() for e in evals])
+            ],
         )
         events = []
         for ev in engine.run():

@@ -3,14 +3,13 @@
 import pytest
 import torch
 import yaml
-from builders import save_tiny_checkpoint
+from builders import make_engine, save_tiny_checkpoint
 from reference import greedy_finercut
 from tiny_models import tiny_model
 
 from finercut_tui.cli import main
 from finercut_tui.data.calibration import build_calibration
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import SublayerRemoved
 from finercut_tui.search.scoring import Scorer
 
@@ -73,8 +72,8 @@ def test_run_target_all_matches_slow_reference(name, metric, saved_models, tmp_p
         assert got_scores[sid] == pytest.approx(value, rel=1e-5, abs=1e-9), sid
 
 
-def _engine_run(pm, ids, **config):
-    engine = SearchEngine(pm, ids, SearchConfig(**config))
+def _engine_run(pm, ids, target, **config):
+    engine = make_engine(pm, ids, target, **config)
     events = list(engine.run())
     removed = [e for e in events if isinstance(e, SublayerRemoved)]
     return [e.sublayer for e in removed], removed[0].scores
@@ -87,7 +86,7 @@ def test_prefix_cache_on_off_and_offloaded_agree(name):
     results = {}
     for mode in ("off", "gpu", "cpu"):
         pm = PrunableModel(tiny_model(name))
-        results[mode] = _engine_run(pm, ids, method="finercut", target=8, prefix_cache=mode, batch_size=2)
+        results[mode] = _engine_run(pm, ids, 8, method="finercut", prefix_cache=mode, batch_size=2)
     order_off, scores_off = results["off"]
     for mode in ("gpu", "cpu"):
         order, scores = results[mode]
@@ -143,9 +142,7 @@ def test_pins_are_never_removed_and_front_exclusion_holds_back(tmp_path):
     ids = torch.randint(3, 128, (2, 16))
     model = tiny_model("llama", num_hidden_layers=6)
     pm = PrunableModel(model)
-    engine = SearchEngine(
-        pm, ids, SearchConfig(method="finercut", target=10, exclude_front=0.4), pinned={"4.attn", "5.mlp"}
-    )
+    engine = make_engine(pm, ids, 10, method="finercut", exclude_front=0.4, pins={"4.attn", "5.mlp"})
     events = list(engine.run())
     order = [e.sublayer for e in events if isinstance(e, SublayerRemoved)]
     assert "4.attn" not in order and "5.mlp" not in order and len(order) == 10

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import make_engine
 from tiny_models import tiny_model
 
 from finercut_tui.model.adapters import architecture_for
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.engine import SearchConfig, SearchEngine
 from finercut_tui.search.events import SublayerRemoved
 from finercut_tui.search.similarity import angular_gap, measure_similarities
 
@@ -83,7 +83,7 @@ def test_step1_scores_equal_hand_written_cosine(name, ids):
 
 def run_order(name, ids, num_hidden_layers=4, **config):
     model = tiny_model(name, num_hidden_layers=num_hidden_layers)
-    engine = SearchEngine(PrunableModel(model), ids, SearchConfig(**config))
+    engine = make_engine(PrunableModel(model), ids, **config)
     removed = [e for e in engine.run() if isinstance(e, SublayerRemoved)]
     return [e.sublayer for e in removed], removed
 

@@ -14,19 +14,19 @@ SESSIONS = sorted((Path(__file__).parents[1] / "sessions").glob("*.yaml"))
 
 
 def test_the_three_recorded_sessions_are_there():
-    methods = {Session.load(p).method["name"] for p in SESSIONS}
+    methods = {Session.load(p).spec.method for p in SESSIONS}
     assert {"finercut", "attn-drop", "joint-drop"} <= methods
 
 
 @pytest.mark.parametrize("path", SESSIONS, ids=lambda p: p.name)
 def test_session_validates_and_records_its_command(path):
     session = Session.load(path)
-    assert session.model["name_or_path"] == "smollm2-135m" and session.num_blocks == 30
-    assert session.finished and len(session.steps) == session.method["target"]
+    assert session.model.name_or_path == "smollm2-135m" and session.num_blocks == 30
+    assert session.finished and len(session.steps) == session.method.target
     assert session.command.startswith("finercut-tui run ")
     build_parser().parse_args(shlex.split(session.command)[1:])  # the recorded command still parses
     evals = session.evals
-    assert evals and evals[0]["step"] == 0 and any(e["step"] > 0 and e["retained"] for e in evals)
+    assert evals and evals[0].step == 0 and any(e.step > 0 and e.retained for e in evals)
 
 
 @pytest.mark.parametrize("path", SESSIONS, ids=lambda p: p.name)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from finercut_tui.cli import main
+from finercut_tui.layer_map import LayerMap, score_levels
 from finercut_tui.model.sublayers import expand
-from finercut_tui.render import LayerMap, quarters, score_levels
+from finercut_tui.report import quarters
 from finercut_tui.session import Session
 
 DATA = Path(__file__).parent / "data"
@@ -87,7 +89,7 @@ def test_layer_map_of_a_block_method_marks_both_sublayers():
     from data.sessions_fixture import make_session
 
     session = make_session(4, 0)
-    session.method["name"] = "block-drop"
+    session.method = dataclasses.replace(session.method, spec=session.spec.replace(method="block-drop"))
     session.steps = []
     from finercut_tui.session import Step
 

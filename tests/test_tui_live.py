@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finercut_tui.render import CellState
+from finercut_tui.layer_map import CellState
 from finercut_tui.session import Session
 
 DATA = Path(__file__).parent / "data"
@@ -44,10 +44,11 @@ def loaded(tiny_dir):
 
 
 def make_job(tmp_path: Path, loaded, target: str = "3", resume: bool = False, **options):
+    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
     from finercut_tui.model.loading import ModelSpec
-    from finercut_tui.search.job import SearchOptions, prepare_job
+    from finercut_tui.search.job import prepare_job
 
-    opts = SearchOptions(target=target, calib=ENGLISH, calib_samples=2, seq_len=16, **options)
+    opts = SearchSetup(spec=SearchSpec(target=target, **options), calibration=CalibrationSpec(ENGLISH, 2, 16))
     spec = ModelSpec(str(loaded.spec.name_or_path), dtype="float32", device="cpu")
     return prepare_job(opts, spec, tmp_path / "s.yaml", resume=resume, loaded=loaded, progress=lambda m: None)
 
@@ -115,7 +116,7 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         await pilot.press("p")
         await wait_for(pilot, lambda: best_next in job.session.pinned, "the pin")
         assert best_next in on_disk(job).pinned
-        assert best_next in job.engine.pinned
+        assert best_next in job.engine.pins
         assert app.map.cell(*_split(best_next)).state is CellState.PINNED
 
         # x: remove the cell under the cursor now, recorded as manual
@@ -133,7 +134,7 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         assert victim not in job.pm.removed
         saved = on_disk(job)
         assert saved.removed_at() == [first.removed]
-        assert saved.undone and saved.undone[-1]["removed"] == victim
+        assert saved.undone and saved.undone[-1].removed == victim
         assert app.map.cell(0, "mlp").state is not CellState.REMOVED
 
         # e: evaluate now (perplexity on a local text), the result lands in the session
@@ -144,9 +145,9 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         app.screen.query_one("#ppl", Input).focus()
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(job.session.evals) >= 2, "the eval records", timeout=60)
-        steps_evaluated = [e["step"] for e in on_disk(job).evals]
+        steps_evaluated = [e.step for e in on_disk(job).evals]
         assert steps_evaluated == [0, 1]  # the unpruned baseline, then the current model
-        assert "retained" in job.session.evals[-1]
+        assert job.session.evals[-1].retained
         assert len(app.map.evals) == 2
 
         # s: save
@@ -297,10 +298,12 @@ class BlockingJob:
     def __init__(self, session_path: Path) -> None:
         from data.sessions_fixture import make_session
 
+        from finercut_tui.domain.spec import SearchSetup
         from finercut_tui.search.controller import Controller
 
         self.session = make_session(8, 2)
         self.session_path = session_path
+        self.setup = SearchSetup()
         self.controller = Controller()
         self.loaded = None
         self.saves = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -32,7 +32,6 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
         default="auto",
         help="auto | cpu | cuda | cuda:N (auto spreads a model too big for one GPU over all GPUs)",
     )
-    parser.set_defaults(_model_required=required)
 
 
 def model_spec(args: argparse.Namespace):
@@ -95,11 +94,11 @@ def add_eval_args(parser, batch_flag: str = "--batch-size") -> None:
     )
 
 
-def eval_request(args: argparse.Namespace, seed: int, calibration: dict | None = None):
-    """The EvalRequest the options of `add_eval_args` describe; `calibration` is the session's record."""
+def eval_request(args: argparse.Namespace, seed: int, calibration=None):
+    """The EvalRequest the options of `add_eval_args` describe; `calibration` is the session's
+    CalibrationRecord (so an evaluation on the calibration text is flagged)."""
     from finercut_tui.eval.request import EvalRequest
 
-    calibration = calibration or {}
     return EvalRequest(
         ppl=args.ppl,
         ppl_seq_len=args.ppl_seq_len,
@@ -110,7 +109,7 @@ def eval_request(args: argparse.Namespace, seed: int, calibration: dict | None =
         num_fewshot=args.num_fewshot,
         batch_size=args.eval_batch_size,
         seed=seed,
-        calibration_source=calibration.get("source"),
-        calibration_split=calibration.get("split"),
-        calibration_text_sha256=calibration.get("text_sha256"),
+        calibration_source=getattr(calibration, "source", None),
+        calibration_split=getattr(calibration, "split", None),
+        calibration_text_sha256=getattr(calibration, "text_sha256", None),
     )

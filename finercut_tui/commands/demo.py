@@ -14,6 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from finercut_tui.domain.methods import METHODS
+from finercut_tui.domain.spec import SearchSpec
+
 DEMO_SAMPLES, DEMO_SEQ_LEN = 2, 64
 
 
@@ -32,8 +35,15 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--headless", action="store_true", help="run without the app (progress on stderr)")
-    p.add_argument("--target", default="0.25", help="removals: N, a fraction 0<F<1, or 'all' (default 0.25)")
-    p.add_argument("--method", default="finercut", help="finercut (default) or a similarity-drop method")
+    default = SearchSpec()
+    p.add_argument(
+        "--target",
+        default=default.target,
+        help=f"removals: N, a fraction 0<F<1, or 'all' (default {default.target})",
+    )
+    p.add_argument(
+        "--method", default=default.method, help=f"{' | '.join(METHODS)} (default {default.method})"
+    )
     p.add_argument("--session", default=None, help="session YAML (default: a new file in the cache folder)")
     p.add_argument("--no-color", action="store_true", help="no colours (also: the NO_COLOR variable)")
     p.set_defaults(func=run)
@@ -42,18 +52,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from finercut_tui.commands.common import progress_printer
     from finercut_tui.commands.run import ProgressBar
+    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
     from finercut_tui.model.loading import ModelSpec
-    from finercut_tui.search.job import SearchOptions, prepare_job
+    from finercut_tui.search.job import prepare_job
 
     if args.no_color:
         os.environ["NO_COLOR"] = "1"
     session = Path(args.session) if args.session else default_session_path()
-    options = SearchOptions(
-        method=args.method,
-        target=args.target,
-        calib="pydoc",
-        calib_samples=DEMO_SAMPLES,
-        seq_len=DEMO_SEQ_LEN,
+    setup = SearchSetup(
+        spec=SearchSpec(method=args.method, target=args.target),
+        calibration=CalibrationSpec("pydoc", DEMO_SAMPLES, DEMO_SEQ_LEN),
     )
     spec = ModelSpec(name_or_path="smollm2-135m", dtype="float32", device="cpu")
     progress = progress_printer()
@@ -62,7 +70,7 @@ def run(args) -> int:
         f"tokens of Python's pydoc text; session {session}"
     )
     job = prepare_job(
-        options, spec, session, command="finercut-tui demo " + " ".join(sys.argv[2:]), progress=progress
+        setup, spec, session, command="finercut-tui demo " + " ".join(sys.argv[2:]), progress=progress
     )
     job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 2 x 64 tokens"
     if args.headless:

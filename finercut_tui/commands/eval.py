@@ -98,6 +98,7 @@ def format_table(record: dict[str, Any], baseline: dict[str, Any] | None = None)
 
 def run(args: argparse.Namespace) -> int:
     from finercut_tui.data.sources import NAMED, load_text
+    from finercut_tui.domain.evals import EvalRecord
     from finercut_tui.model.loading import load_model
     from finercut_tui.model.sublayers import expand
     from finercut_tui.session import Session, check_matches
@@ -124,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
     pm = lm.pm
     if session is not None:
         check_matches(
-            session,
-            model={"architecture": lm.architecture, "num_blocks": pm.num_blocks},
-            source=str(args.session),
+            session, architecture=lm.architecture, num_blocks=pm.num_blocks, source=str(args.session)
         )
         pm.set_removed(expand(session.removed_at(step)))
     from finercut_tui.eval.runner import find_baseline, run_eval
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"step {step} ({len(pm.removed)} sublayers removed)" if session is not None else "the model as loaded"
     )
     progress(f"evaluating {where}: {request.describe()}")
-    previous = list(session.evals) if session is not None else []
+    previous = [e.to_dict() for e in session.evals] if session is not None else []
     records = run_eval(pm, request, step, previous, progress=progress)
     record = records[-1]
     print(format_table(record, find_baseline(previous + records, record["what"])))
@@ -147,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.session} changed while evaluating (its first {step} removals differ now): "
                 "the results above were not saved; rerun the eval"
             )
-        fresh.evals.extend(records)
+        fresh.evals.extend(EvalRecord.from_dict(r) for r in records)
         fresh.save(args.session)
         progress(f"appended {len(records)} eval record(s) to {args.session}")
     return 0

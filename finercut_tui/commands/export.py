@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces an export)")
-    add_model_args(p, required=False)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -65,20 +65,20 @@ def _spec(args: argparse.Namespace, session):
     if args.model or args.gguf_file:
         name, gguf = args.model or "", args.gguf_file
     else:
-        name, gguf = recorded.get("name_or_path") or "", recorded.get("gguf_file")
+        name, gguf = recorded.name_or_path or "", recorded.gguf_file
     if not name and not gguf:
         raise FinercutError(
             "the session records no model: pass --model ORG/NAME or a folder (or --gguf-file)"
         )
     dtype = args.dtype
-    if dtype == "auto" and recorded.get("dtype") in DTYPES:
-        dtype = recorded["dtype"]  # the precision the removals were chosen in
+    if dtype == "auto" and recorded.dtype in DTYPES:
+        dtype = recorded.dtype  # the precision the removals were chosen in
     return ModelSpec(
         name_or_path=name,
         gguf_file=gguf,
         dtype=dtype,
         device=args.device,
-        revision=args.revision or recorded.get("revision"),
+        revision=args.revision or recorded.revision,
     )
 
 
@@ -96,11 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.name_or_path and source.is_dir() and source.resolve() == Path(args.out).expanduser().resolve():
         raise FinercutError(f"--out {args.out} is the source model's folder: pick another folder")
     lm = load_model(spec, progress=progress)
-    check_matches(
-        session,
-        model={"architecture": lm.architecture, "num_blocks": lm.pm.num_blocks},
-        source=args.session,
-    )
+    check_matches(session, architecture=lm.architecture, num_blocks=lm.pm.num_blocks, source=args.session)
     removed = session.removed_at(k)
     result = export_pruned(
         lm.pm,

@@ -13,30 +13,30 @@ from finercut_tui.commands.common import (
     model_spec,
     progress_printer,
 )
-from finercut_tui.search import methods as M
-from finercut_tui.search.events import (
-    CandidateScored,
-    EvalFinished,
-    LogMessage,
-    SearchFinished,
-    SearchStarted,
-    StepStarted,
-    SublayerRemoved,
-)
+from finercut_tui.domain import methods as M
+from finercut_tui.domain.progress import SearchProgress
+from finercut_tui.domain.spec import PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
+from finercut_tui.domain.text import clock, describe_event
+from finercut_tui.search.events import CandidateScored, SearchFinished
+
+DEFAULT = SearchSpec()
+DEFAULT_CALIBRATION = CalibrationSpec()
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     """Every option of `run` (also used by `tui`). Defaults of None mean "the session's value" on --resume."""
     add_model_args(parser)
     s = parser.add_argument_group("search")
-    s.add_argument("--method", default=None, help=f"{' | '.join(M.METHODS)} (default finercut)")
+    s.add_argument("--method", default=None, help=f"{' | '.join(M.METHODS)} (default {DEFAULT.method})")
     s.add_argument(
         "--target",
         default=None,
-        help="N removals, a fraction 0<F<1 of the candidates, or 'all' (default 0.25)",
+        help=f"N removals, a fraction 0<F<1 of the candidates, or 'all' (default {DEFAULT.target})",
     )
     s.add_argument(
-        "--metric", default=None, help=f"FinerCut distance: {', '.join(M.METRIC_NAMES)} (default js)"
+        "--metric",
+        default=None,
+        help=f"FinerCut distance: {', '.join(M.METRIC_NAMES)} (default {DEFAULT.metric})",
     )
     s.add_argument(
         "--iterative",
@@ -52,16 +52,33 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         help="FinerCut: hold back blocks 0..int(L*X/2) until int(L*X)+1 sublayers are gone",
     )
     s.add_argument(
-        "--block-metric", default=None, choices=M.BLOCK_METRICS, help="block-drop score (default cosine)"
+        "--block-metric",
+        default=None,
+        choices=M.BLOCK_METRICS,
+        help=f"block-drop score (default {DEFAULT.block_metric})",
     )
     s.add_argument(
         "--pin", action="append", default=[], metavar="ID", help="never remove this sublayer (repeatable)"
     )
-    s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    s.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT.seed})")
     c = parser.add_argument_group("calibration")
-    c.add_argument("--calib", default=None, help="wikitext2 (default) | c4 | PATH to a .txt or .jsonl file")
-    c.add_argument("--calib-samples", type=int, default=None, help="number of samples (default 10)")
-    c.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 256)")
+    c.add_argument(
+        "--calib",
+        default=None,
+        help=f"wikitext2 | c4 | pydoc | PATH to a .txt or .jsonl file (default {DEFAULT_CALIBRATION.source})",
+    )
+    c.add_argument(
+        "--calib-samples",
+        type=int,
+        default=None,
+        help=f"number of samples (default {DEFAULT_CALIBRATION.samples})",
+    )
+    c.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help=f"tokens per sample (default {DEFAULT_CALIBRATION.seq_len})",
+    )
     p = parser.add_argument_group("speed")
     p.add_argument(
         "--batch-size",
@@ -72,7 +89,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefix-cache",
         default="gpu",
-        choices=("gpu", "cpu", "off"),
+        choices=PREFIX_CACHE_CHOICES,
         help="keep block inputs per step on the model's device, offload them to CPU, or off",
     )
     o = parser.add_argument_group("session")
@@ -109,103 +126,76 @@ def eval_request_from_args(args):
     return eval_request(args, args.seed or 0) if (args.ppl or args.tasks) else None
 
 
-def options_from_args(args):
-    from finercut_tui.search.job import SearchOptions
+def setup_from_args(args):
+    """The search setup the options describe; on --resume, the session's with the options given."""
+    from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSetup
+    from finercut_tui.search.job import setup_from_session
     from finercut_tui.session import Session
 
-    explicit = {
-        "method": args.method,
-        "target": args.target,
-        "metric": args.metric,
-        "iterative": args.iterative,
-        "exclude_front": args.exclude_front,
-        "block_metric": args.block_metric,
-        "calib": args.calib,
-        "calib_samples": args.calib_samples,
-        "seq_len": args.seq_len,
-        "seed": args.seed,
-    }
-    if args.resume:
-        opts = SearchOptions.from_session(Session.load(args.session), **explicit)
-    else:
-        opts = SearchOptions(**{k: v for k, v in explicit.items() if v is not None})
-    opts.pins = tuple(args.pin)
-    opts.batch_size = args.batch_size if args.batch_size is not None else opts.batch_size
-    opts.prefix_cache = args.prefix_cache
-    opts.eval_every = args.eval_every
-    opts.eval_request = request = eval_request_from_args(args)
-    if args.eval_every and request is None:
-        from finercut_tui.errors import FinercutError
-
-        raise FinercutError("--eval-every needs something to evaluate: add --ppl SOURCE and/or --tasks NAMES")
-    return opts
+    setup = setup_from_session(Session.load(args.session)) if args.resume else SearchSetup()
+    spec = setup.spec.replace(
+        method=args.method,
+        target=args.target,
+        metric=args.metric,
+        iterative=args.iterative,
+        exclude_front=args.exclude_front,
+        block_metric=args.block_metric,
+        seed=args.seed,
+    )
+    cal = setup.calibration
+    calibration = CalibrationSpec(
+        source=args.calib or cal.source,
+        samples=args.calib_samples or cal.samples,
+        seq_len=args.seq_len or cal.seq_len,
+    )
+    batch_size = args.batch_size if args.batch_size is not None else setup.scoring.batch_size
+    return SearchSetup(
+        spec=spec,
+        calibration=calibration,
+        scoring=ScoringOptions(batch_size=batch_size, prefix_cache=args.prefix_cache),
+        schedule=EvalSchedule(args.eval_every, eval_request_from_args(args)).validate(),
+        pins=tuple(args.pin),
+    )
 
 
 def job_from_args(args, progress):
     from finercut_tui.search.job import model_spec_from_session, prepare_job
     from finercut_tui.session import Session
 
-    options = options_from_args(args)
+    setup = setup_from_args(args)
     if args.resume and not (args.model or args.gguf_file):
         spec = model_spec_from_session(Session.load(args.session), dtype=args.dtype, device=args.device)
     else:
         spec = model_spec(args)
-    return prepare_job(options, spec, args.session, resume=args.resume, progress=progress)
+    return prepare_job(setup, spec, args.session, resume=args.resume, progress=progress)
 
 
 class ProgressBar:
-    """step k/n, candidate i/m, ETA on stderr; one line per step when stderr is not a terminal."""
+    """step k/n, candidate i/m, ETA on stderr; one line per event otherwise (and when not a terminal)."""
 
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr  # the stream of now, not of import time
         self.tty = self.stream.isatty()
-        self.target = 0
-        self.done = 0
+        self.progress = SearchProgress()
         self.started = time.perf_counter()
-        self.per_candidate: list[float] = []
-        self.candidates = 0
-
-    def eta(self, index: int) -> str:
-        if not self.per_candidate:
-            return "?"
-        avg = sum(self.per_candidate[-50:]) / len(self.per_candidate[-50:])
-        left_steps = max(self.target - self.done, 0)
-        # FinerCut scores one fewer candidate per step
-        remaining = (self.candidates - index) + sum(max(self.candidates - k, 0) for k in range(1, left_steps))
-        seconds = avg * remaining
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
     def __call__(self, event) -> None:
-        if isinstance(event, SearchStarted):
-            self.target, self.done = event.target, len(event.removed)
-        elif isinstance(event, StepStarted):
-            self.candidates = len(event.candidates)
-        elif isinstance(event, CandidateScored):
-            if event.seconds:
-                self.per_candidate.append(event.seconds)
+        self.progress.apply(event)
+        if isinstance(event, CandidateScored):
             if self.tty:
+                p = self.progress
                 self.stream.write(
-                    f"\rstep {self.done + 1}/{self.target}  candidate {event.index}/{event.total}  "
-                    f"{event.sublayer:>9} {event.score:.5f}  ETA {self.eta(event.index)}   "
+                    f"\rstep {p.done + 1}/{p.target}  candidate {event.index}/{event.total}  "
+                    f"{event.sublayer:>9} {event.score:.5f}  ETA {clock(p.eta_seconds())}   "
                 )
                 self.stream.flush()
-        elif isinstance(event, SublayerRemoved):
-            self.done += 1 if event.by == "search" else 0
-            score = f" score {event.score:.6g}" if event.score is not None else ""
-            line = f"step {event.step}: removed {event.sublayer} ({event.by}){score}"
-            self.stream.write(("\r" + line.ljust(79)) if self.tty else line)
-            self.stream.write("\n")
-        elif isinstance(event, EvalFinished):
-            results = ", ".join(f"{k} {v:.4g}" for k, v in (event.record.get("results") or {}).items())
-            self.stream.write(f"eval at step {event.step}: {results}\n")
-        elif isinstance(event, LogMessage):
-            self.stream.write(f"{event.level}: {event.text}\n")
-        elif isinstance(event, SearchFinished):
-            took = time.perf_counter() - self.started
-            self.stream.write(
-                f"finished ({event.reason}) after {len(event.removed)} removals in {took:.1f}s\n"
-            )
-        self.stream.flush()
+            return
+        line = describe_event(event)
+        if isinstance(event, SearchFinished):
+            line += f" in {time.perf_counter() - self.started:.1f}s"
+        if line:
+            self.stream.write(("\r" + line.ljust(79)).rstrip() + "\n" if self.tty else line + "\n")
+            self.stream.flush()
 
 
 def run(args) -> int:

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 def render(session_path: str | Path, fmt: str = "text", step: int | None = None) -> str:
     from finercut_tui.errors import FinercutError
-    from finercut_tui.render import render_markdown, render_svg, render_text
+    from finercut_tui.report import render_markdown, render_svg, render_text
     from finercut_tui.session import Session
 
     session = Session.load(session_path)

@@ -50,9 +50,7 @@ def _session_removals(args: argparse.Namespace, pm, architecture: str) -> tuple[
     from finercut_tui.session import Session, check_matches
 
     session = Session.load(args.session)
-    check_matches(
-        session, model={"architecture": architecture, "num_blocks": pm.num_blocks}, source=args.session
-    )
+    check_matches(session, architecture=architecture, num_blocks=pm.num_blocks, source=args.session)
     k = resolve_step(session, step=args.step if args.step is not None else len(session.steps))
     return expand(session.removed_at(k)), f"{args.session} step {k}"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from finercut_tui.domain.evals import describe_eval, fmt_value, retained_text
 from finercut_tui.errors import FinercutError
 from finercut_tui.model.sublayers import KINDS, expand, parse_id, sort_key, split_id
 from finercut_tui.model.surgery import PrunableModel
@@ -324,28 +324,6 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def format_eval(record: dict[str, Any]) -> str:
-    """One markdown bullet for an eval record of the session, whatever its fields."""
-    head = f"step {record.get('step', '?')}"
-    others = [
-        f"{k}: {_fmt_value(v)}"
-        for k, v in record.items()
-        if k not in ("step", "results", "retained") and not isinstance(v, (dict, list))
-    ]
-    parts = [head + (f" ({', '.join(others)})" if others else "")]
-    for section in ("results", "retained"):
-        if isinstance(record.get(section), dict) and record[section]:
-            pairs = ", ".join(f"{k} {_fmt_value(v)}" for k, v in _flatten(record[section]))
-            parts.append(f"{section}: {pairs}")
-    return "- " + "; ".join(parts)
-
-
 def model_card(
     result: ExportResult,
     *,
@@ -372,8 +350,8 @@ def model_card(
         lines.append(
             f"- session: `{session_path}`" + (f", step {step} of {len(session.steps)}" if session else "")
         )
-    if session is not None and session.method:
-        method = ", ".join(f"{k}={_fmt_value(v)}" for k, v in _flatten(session.method))
+    if session is not None:
+        method = ", ".join(f"{k}={fmt_value(v)}" for k, v in _flatten(session.method.to_dict()))
         lines.append(f"- method: {method}")
     lines += ["", "## How to load", ""]
     if result.format == "blocks":
@@ -429,7 +407,9 @@ def model_card(
     ]
     evals = list(getattr(session, "evals", None) or [])
     lines += ["", "## Evals recorded in the session", ""]
-    lines += [format_eval(e) for e in evals] if evals else ["(none recorded)"]
+    lines += [f"- step {e.step}: {describe_eval(e)}; retained {retained_text(e)}" for e in evals] or [
+        "(none recorded)"
+    ]
     return "\n".join(lines) + "\n"
 
 

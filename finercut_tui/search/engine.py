@@ -15,15 +15,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from finercut_tui.domain.evals import EvalRecord
+from finercut_tui.domain.methods import block_of, is_removed
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSpec
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.sublayers import expand, parse_id, sort_key, split_id
+from finercut_tui.model.sublayers import expand, parse_id, sort_key
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search import methods as M
 from finercut_tui.search.controller import Cancelled, Command, Controller
 from finercut_tui.search.events import (
     CandidateScored,
@@ -41,47 +43,10 @@ from finercut_tui.search.events import (
     SublayerRemoved,
     SublayerRestored,
 )
-from finercut_tui.search.metrics import get_metric
 from finercut_tui.search.scoring import Scorer
 from finercut_tui.search.similarity import angular_gap, measure_similarities
 
-Evaluator = Callable[[Any, int], list[dict]]  # (request, step) -> eval records
-
-
-@dataclass
-class SearchConfig:
-    method: str = "finercut"
-    target: int = 1
-    metric: str = "js"
-    iterative: bool = False
-    exclude_front: float = 0.0
-    block_metric: str = "cosine"
-    batch_size: int | None = None
-    prefix_cache: str = "gpu"
-    eval_every: int = 0
-    eval_request: Any = None
-
-    def metric_label(self) -> str:
-        if self.method == "finercut":
-            return self.metric
-        return self.block_metric if self.method == "block-drop" else "cosine"
-
-    def validate(self, num_blocks: int) -> None:
-        M.check_method(self.method)
-        if self.method == "finercut":
-            get_metric(self.metric)
-        if not 0.0 <= self.exclude_front < 1.0:
-            raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
-        if self.block_metric not in M.BLOCK_METRICS:
-            raise FinercutError(
-                f"unknown --block-metric {self.block_metric!r}: choose {', '.join(M.BLOCK_METRICS)}"
-            )
-        if self.block_metric == "angular-gap" and self.iterative:
-            raise FinercutError(
-                "--block-metric angular-gap picks one contiguous run: it cannot be --iterative"
-            )
-        if self.eval_every < 0:
-            raise FinercutError("--eval-every must be >= 0")
+Evaluator = Callable[[Any, int], list[EvalRecord]]  # (request, step) -> eval records
 
 
 class _Restart(Exception):
@@ -93,33 +58,40 @@ class SearchEngine:
         self,
         pm: PrunableModel,
         input_ids: torch.Tensor,
-        config: SearchConfig,
+        spec: SearchSpec,
+        target: int,
+        *,
+        scoring: ScoringOptions = ScoringOptions(),
+        schedule: EvalSchedule = EvalSchedule(),
         controller: Controller | None = None,
         order: list[str] | None = None,
-        pinned: set[str] | None = None,
+        pins: Pins = Pins(),
         one_shot_scores: dict[str, float] | None = None,
         evaluator: Evaluator | None = None,
         evaluated_steps: set[int] | None = None,
     ):
-        config.validate(pm.num_blocks)
+        self.spec = spec.validate()
+        self.method = spec.info
+        self.target = int(target)
+        self.scoring = scoring.validate()
+        self.schedule = schedule.validate()
         self.pm = pm
         self.input_ids = input_ids
-        self.config = config
         self.controller = controller or Controller()
         self.order: list[str] = list(order or [])  # removal units, as recorded in the session
-        self.pinned: set[str] = set(expand(pinned or []))
+        self.pins = Pins(pins)
         self.one_shot_scores = one_shot_scores
         self.evaluator = evaluator
         self.evaluated_steps = set(evaluated_steps or ())
         self._log: list[str] = []
         self.scorer: Scorer | None = None
-        if config.method == "finercut":
+        if self.method.scoring == "distance":
             self.scorer = Scorer(
                 pm,
                 input_ids,
-                metric=config.metric,
-                batch_size=config.batch_size,
-                prefix_cache=config.prefix_cache,
+                metric=spec.metric,
+                batch_size=scoring.batch_size,
+                prefix_cache=scoring.prefix_cache,
                 log=self._log.append,
             )
         pm.set_removed(expand(self.order))
@@ -131,21 +103,10 @@ class SearchEngine:
         return len(self.order) + 1
 
     def _progress(self) -> int:
-        return M.progress(self.config.method, self.pm.num_blocks, self.pm.removed)
+        return self.method.progress(self.pm.num_blocks, self.pm.removed)
 
     def _candidates(self) -> tuple[list[str], list[str]]:
-        removed = self.pm.removed
-        units = [
-            u
-            for u in M.universe(self.config.method, self.pm.num_blocks)
-            if not M.is_removed(u, removed) and not M.is_pinned(u, self.pinned)
-        ]
-        held_blocks = set()
-        if self.config.method == "finercut":
-            held_blocks = M.front_held_blocks(self.pm.num_blocks, self.config.exclude_front, len(removed))
-        free = [u for u in units if M.block_of(u) not in held_blocks]
-        held = [u for u in units if M.block_of(u) in held_blocks]
-        return (free, held) if free else (held, [])  # never wait forever on held-back blocks
+        return self.method.candidates(self.pm.num_blocks, self.pm.removed, self.pins, self.spec.exclude_front)
 
     def _drain_logs(self) -> Iterator[Event]:
         while self._log:
@@ -153,25 +114,22 @@ class SearchEngine:
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
-        cfg = self.config
+        every, request = self.schedule.every, self.schedule.request
         yield SearchStarted(
-            method=cfg.method,
-            metric=cfg.metric
-            if cfg.method == "finercut"
-            else cfg.block_metric
-            if cfg.method == "block-drop"
-            else "cosine",
+            method=self.method.name,
+            metric=self.spec.score_label,
             num_blocks=self.pm.num_blocks,
-            target=cfg.target,
-            unit=M.unit(cfg.method),
+            target=self.target,
+            unit=self.method.unit,
             removed=tuple(self.order),
-            pinned=tuple(sorted(self.pinned, key=sort_key)),
+            pinned=tuple(self.pins.canonical()),
+            rescored=self.spec.rescored,
         )
         reason = "target"
         try:
-            if cfg.eval_every and 0 not in self.evaluated_steps and not self.order:
-                yield from self._evaluate(cfg.eval_request)
-            while self._progress() < cfg.target:
+            if every and 0 not in self.evaluated_steps and not self.order:
+                yield from self._evaluate(request)
+            while self._progress() < self.target:
                 try:
                     yield from self._checkpoint()
                     chosen = yield from self._one_step()
@@ -180,10 +138,10 @@ class SearchEngine:
                 if chosen is None:
                     reason = "exhausted"
                     break
-                if cfg.eval_every and len(self.order) % cfg.eval_every == 0:
-                    yield from self._evaluate(cfg.eval_request)
-            if cfg.eval_every and len(self.order) not in self.evaluated_steps:
-                yield from self._evaluate(cfg.eval_request)
+                if every and len(self.order) % every == 0:
+                    yield from self._evaluate(request)
+            if every and len(self.order) not in self.evaluated_steps:
+                yield from self._evaluate(request)
         except Cancelled:
             reason = "cancelled"
         yield from self._drain_logs()
@@ -195,15 +153,15 @@ class SearchEngine:
             return None
         yield StepStarted(self.step, tuple(candidates), tuple(held))
         started = time.perf_counter()
-        if self.config.method == "finercut":
+        if self.method.scoring == "distance":
             scores = yield from self._score_finercut(candidates)
             computed = dict(scores)
-        elif self.config.method == "block-drop" and self.config.block_metric == "angular-gap":
+        elif self.method.unit == "block" and self.spec.block_metric == "angular-gap":
             return (yield from self._angular_gap_run(candidates, started))
         else:
             scores, computed = yield from self._score_similarity(candidates)
         yield from self._checkpoint(scores)  # a pin that came in during the last candidate
-        scores = {u: s for u, s in scores.items() if not M.is_pinned(u, self.pinned)}
+        scores = {u: s for u, s in scores.items() if u not in self.pins}
         if not scores:
             raise _Restart()
         bad = sorted((u for u, s in scores.items() if not math.isfinite(s)), key=sort_key)
@@ -241,7 +199,7 @@ class SearchEngine:
 
     # -- similarity drop ---------------------------------------------------------------------------------
     def _importance(self) -> dict[str, float]:
-        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size, log=self._log.append)
+        sims = measure_similarities(self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append)
         out = {f"{b}.attn": 1.0 - s for b, s in sims.attn.items()}
         out.update({f"{b}.mlp": 1.0 - s for b, s in sims.mlp.items()})
         out.update({f"{b}.block": 1.0 - s for b, s in sims.block.items()})
@@ -249,7 +207,7 @@ class SearchEngine:
 
     def _score_similarity(self, candidates: list[str]) -> Iterator[Event]:
         """Returns (scores of this step's candidates, scores to record for this step)."""
-        if self.config.iterative:
+        if self.spec.iterative:
             importance = self._importance()
             computed = {u: importance[u] for u in candidates}
         elif self.one_shot_scores is None:
@@ -259,13 +217,11 @@ class SearchEngine:
                 importance = self._importance()
             finally:
                 self.pm.set_removed(expand(removed))
-            self.one_shot_scores = {
-                u: importance[u] for u in M.universe(self.config.method, self.pm.num_blocks)
-            }
+            self.one_shot_scores = {u: importance[u] for u in self.method.universe(self.pm.num_blocks)}
             computed = dict(self.one_shot_scores)
         else:
             computed = {}
-        ranking = self.one_shot_scores if not self.config.iterative else computed
+        ranking = computed if self.spec.iterative else self.one_shot_scores
         for i, uid in enumerate(sorted(computed, key=sort_key), 1):
             yield CandidateScored(self.step, uid, computed[uid], i, len(computed))
         return {u: ranking[u] for u in candidates}, computed
@@ -273,15 +229,15 @@ class SearchEngine:
     def _angular_gap_run(self, candidates: list[str], started: float) -> Iterator[Event]:
         """Remove the contiguous run of n blocks whose input and output are closest in angle."""
         if self.order and self.one_shot_scores:  # a run cut short by a kill: finish the same run
-            start = M.block_of(self.order[0])
+            start = block_of(self.order[0])
             if self.order == [f"{start + i}.block" for i in range(len(self.order))]:
                 score = self.one_shot_scores.get(f"{start}.block")
-                for b in range(start + len(self.order), start + self.config.target):
+                for b in range(start + len(self.order), start + self.target):
                     yield from self._remove(f"{b}.block", "search", score, {}, 0.0)
                 return self.order[-1]
-        n = self.config.target - self._progress()
-        free = {M.block_of(u) for u in candidates}
-        sims = measure_similarities(self.pm, self.input_ids, self.config.batch_size, log=self._log.append)
+        n = self.target - self._progress()
+        free = {block_of(u) for u in candidates}
+        sims = measure_similarities(self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append)
         gaps = {
             b: g for b, g in angular_gap(sims.last_token, n).items() if all(b + i in free for i in range(n))
         }
@@ -338,8 +294,8 @@ class SearchEngine:
             return
         self.evaluated_steps.add(step)
         for record in records:
-            self.evaluated_steps.add(int(record.get("step", step)))
-            yield EvalFinished(int(record.get("step", step)), record)
+            self.evaluated_steps.add(record.step)
+            yield EvalFinished(record.step, record)
 
     def _checkpoint(
         self, scores: dict[str, float] | None = None, pending: list[str] | None = None
@@ -362,9 +318,6 @@ class SearchEngine:
         if restart:
             raise _Restart()
 
-    def _unit_for(self, sid: str) -> str:
-        return f"{split_id(sid)[0]}.block" if self.config.method == "block-drop" else sid
-
     def _handle(self, command: Command, scores, pending) -> Iterator[Event]:
         name = command.name
         if name == "evaluate":
@@ -384,28 +337,24 @@ class SearchEngine:
             yield LogMessage(str(exc), "error")
             return False
         if name in ("pin", "unpin"):
-            parts = set(expand([sid]))
-            if name == "pin":
-                self.pinned |= parts
-            else:
-                self.pinned -= parts
-            yield PinChanged(sid, name == "pin")
+            self.pins = self.pins.pin(sid) if name == "pin" else self.pins.unpin(sid)
+            yield PinChanged(sid, name == "pin", tuple(self.pins.canonical()))
             if scores is not None:
                 for uid in list(scores):
-                    if M.is_pinned(uid, self.pinned):
+                    if uid in self.pins:
                         del scores[uid]
             if pending is not None:
-                pending[:] = [u for u in pending if not M.is_pinned(u, self.pinned)]
+                pending[:] = [u for u in pending if u not in self.pins]
                 if name == "unpin":
                     free, _ = self._candidates()
                     pending.extend(u for u in free if u not in scores and u not in pending)
             return False
         if name == "force_remove":
-            uid = self._unit_for(sid)
-            if M.is_removed(uid, self.pm.removed):
+            uid = self.method.unit_of(sid)
+            if is_removed(uid, self.pm.removed):
                 yield LogMessage(f"{uid} is already removed", "warning")
                 return False
-            if M.is_pinned(uid, self.pinned):
+            if uid in self.pins:
                 yield LogMessage(f"{uid} is pinned: unpin it (p) before removing it", "warning")
                 return False
             yield from self._remove(uid, "manual", None, {}, None)

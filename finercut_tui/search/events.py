@@ -8,7 +8,10 @@ more removable" for every method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finercut_tui.domain.evals import EvalRecord
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,8 @@ class SearchStarted:
     target: int  # total removals (sublayers, or blocks for block methods) the search aims for
     unit: str  # "sublayer" or "block"
     removed: tuple[str, ...]  # already removed (resume), in order
-    pinned: tuple[str, ...]
+    pinned: tuple[str, ...]  # canonical pins (see domain/pins.py)
+    rescored: bool = True  # every remaining candidate is scored again after each removal
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ class SublayerRestored:
 
 @dataclass(frozen=True)
 class PinChanged:
-    sublayer: str
+    sublayer: str  # what the user pinned or unpinned
     pinned: bool
+    pins: tuple[str, ...] = ()  # every pin after the change, canonical: sinks take this, never re-derive
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class EvalStarted:
 @dataclass(frozen=True)
 class EvalFinished:
     step: int
-    record: dict[str, Any]  # what is appended to the session's `evals:` list
+    record: EvalRecord  # what is appended to the session's `evals:` list
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,21 @@ import dataclasses
 import shlex
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from finercut_tui.data.calibration import Calibration, build_calibration
+from finercut_tui.domain.evals import EvalRecord
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.records import CalibrationRecord, ModelRecord, Step, Undone
+from finercut_tui.domain.spec import CalibrationSpec, MethodRecord, ScoringOptions, SearchSetup
 from finercut_tui.errors import FinercutError, SessionError
 from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
-from finercut_tui.model.sublayers import expand, parse_id
-from finercut_tui.search import methods as M
+from finercut_tui.model.sublayers import parse_id
 from finercut_tui.search.controller import Controller
-from finercut_tui.search.engine import SearchConfig, SearchEngine
+from finercut_tui.search.engine import SearchEngine
 from finercut_tui.search.events import (
     EvalFinished,
     Event,
@@ -33,69 +35,26 @@ from finercut_tui.search.events import (
     SublayerRemoved,
     SublayerRestored,
 )
-from finercut_tui.session import Session, Step, check_matches
+from finercut_tui.session import Session, check_matches
 
 
-@dataclass
-class SearchOptions:
-    method: str = "finercut"
-    target: str = "0.25"
-    metric: str = "js"
-    iterative: bool = False
-    exclude_front: float = 0.0
-    pins: tuple[str, ...] = ()
-    block_metric: str = "cosine"
-    calib: str = "wikitext2"
-    calib_samples: int = 10
-    seq_len: int = 256
-    seed: int = 0
-    batch_size: int | None = None
-    prefix_cache: str = "gpu"
-    eval_every: int = 0
-    eval_request: Any = None
-
-    def method_record(self, target: int) -> dict[str, Any]:
-        record = {"name": self.method, "target": target, "target_spec": str(self.target)}
-        if self.method == "finercut":
-            record.update(metric=self.metric, exclude_front=self.exclude_front, iterative=True)
-        else:
-            record.update(metric="cosine", iterative=self.iterative)
-            if self.method == "block-drop":
-                record["block_metric"] = self.block_metric
-        record["seed"] = self.seed
-        return record
-
-    @classmethod
-    def from_session(cls, session: Session, **overrides) -> SearchOptions:
-        """The options a session was recorded with (to continue it)."""
-        m, c = session.method, session.calibration
-        opts = cls(
-            method=m["name"],
-            target=str(m.get("target_spec", m.get("target"))),
-            metric=m.get("metric", "js"),
-            iterative=bool(m.get("iterative", False)),
-            exclude_front=float(m.get("exclude_front", 0.0)),
-            block_metric=m.get("block_metric", "cosine"),
-            calib=c["source"],
-            calib_samples=int(c["samples"]),
-            seq_len=int(c["seq_len"]),
-            seed=int(m.get("seed", 0)),
-            batch_size=m.get("batch_size"),  # set when an out-of-memory fallback shrank it
-        )
-        names = {f.name for f in fields(cls)}
-        for key, value in overrides.items():
-            if key in names and value is not None:
-                setattr(opts, key, value)
-        return opts
+def setup_from_session(session: Session) -> SearchSetup:
+    """The setup a session was recorded with, to continue it (callers replace what the user changed)."""
+    cal = session.calibration
+    return SearchSetup(
+        spec=session.spec,
+        calibration=CalibrationSpec(cal.source, cal.samples, cal.seq_len),
+        scoring=ScoringOptions(batch_size=session.method.batch_size),
+    )
 
 
 def model_spec_from_session(session: Session, **overrides) -> ModelSpec:
     m = session.model
     spec = ModelSpec(
-        name_or_path=m.get("name_or_path") or "",
-        gguf_file=m.get("gguf_file"),
-        dtype=m.get("dtype_asked", "auto"),
-        revision=m.get("revision"),
+        name_or_path=m.name_or_path or "",
+        gguf_file=m.gguf_file,
+        dtype=m.dtype_asked,
+        revision=m.revision,
     )
     for key, value in overrides.items():
         if value is not None:
@@ -109,7 +68,7 @@ class Job:
     session: Session
     session_path: Path
     controller: Controller
-    options: SearchOptions
+    setup: SearchSetup
     calibration: Calibration
     engine: SearchEngine = field(repr=False, default=None)
 
@@ -128,75 +87,40 @@ class Job:
     def record(self, event: Event) -> None:
         s = self.session
         if isinstance(event, SublayerRemoved):
-            s.steps.append(
-                Step(
-                    removed=event.sublayer,
-                    by=event.by,
-                    score=event.score,
-                    scores=event.scores or None,
-                    seconds=event.seconds,
-                )
-            )
+            s.steps.append(Step(event.sublayer, event.by, event.score, event.scores or None, event.seconds))
         elif isinstance(event, SublayerRestored):
             undone = s.steps.pop()
-            s.undone.append({"removed": undone.removed, "by": undone.by, "undone_at_step": event.step})
+            s.undone.append(Undone(undone.removed, undone.by, event.step))
         elif isinstance(event, PinChanged):
-            pins = set(s.pinned)
-            pins = (
-                pins | {event.sublayer}
-                if event.pinned
-                else pins - {event.sublayer} - set(expand([event.sublayer]))
-            )
-            s.pinned = sorted(pins, key=lambda x: (int(x.split(".")[0]), x))
+            s.pinned = Pins(event.pins)
         elif isinstance(event, EvalFinished):
             s.evals.append(event.record)
         elif isinstance(event, SearchFinished):
             s.finished = event.reason in ("target", "exhausted")
         elif isinstance(event, LogMessage) and self._batch_size_changed():
-            s.method["batch_size"] = self.engine.scorer.batch_size  # resume scores at the same size
+            # resume scores at the size an out-of-memory fallback shrank to
+            s.method = dataclasses.replace(s.method, batch_size=self.engine.scorer.batch_size)
         else:
             return
         self.save()
 
     def _batch_size_changed(self) -> bool:
         scorer = self.engine.scorer
-        return scorer is not None and scorer.batch_size != self.session.method.get(
-            "batch_size", scorer.batch_size
+        recorded = self.session.method.batch_size
+        return scorer is not None and scorer.batch_size != (
+            scorer.batch_size if recorded is None else recorded
         )
 
-
-def _evaluator(job: Job):
-    def evaluate(request, step: int) -> list[dict]:
+    def evaluate(self, request, step: int) -> list[EvalRecord]:
+        """The engine's evaluator: measure the model as it is now against the session's baseline."""
         from finercut_tui.eval.runner import run_eval
 
-        return run_eval(job.pm, request, step, job.session.evals)
-
-    return evaluate
-
-
-SEARCH_DEFINING = ("metric", "exclude_front", "iterative", "block_metric")
-
-
-def _check_same_search(session: Session, wanted: dict[str, Any], path: Path) -> None:
-    """A resumed search must score the way the recorded one did, or its order means nothing."""
-    for key in SEARCH_DEFINING:
-        if key in session.method and key in wanted and session.method[key] != wanted[key]:
-            flag = "--" + key.replace("_", "-")
-            raise SessionError(
-                f"{path} was searched with {key} {session.method[key]!r}, not {wanted[key]!r}: drop {flag} to "
-                "continue it, or start a new session"
-            )
-
-
-def _one_shot_scores(session: Session) -> dict[str, float] | None:
-    for step in session.steps:
-        if step.scores:
-            return dict(step.scores)
-    return None
+        previous = [e.to_dict() for e in self.session.evals]
+        return [EvalRecord.from_dict(r) for r in run_eval(self.pm, request, step, previous)]
 
 
 def prepare_job(
-    options: SearchOptions,
+    setup: SearchSetup,
     spec: ModelSpec,
     session_path: str | Path,
     resume: bool = False,
@@ -206,96 +130,92 @@ def prepare_job(
 ) -> Job:
     """Load (or take) the model, build calibration, create or resume the session, build the engine."""
     session_path = Path(session_path)
-    M.check_method(options.method)
+    search = setup.spec.validate()
+    setup.scoring.validate()
+    setup.schedule.validate()
     existing = None
     if resume:
         existing = Session.load(session_path)  # SessionError before any heavy work
-        if existing.method.get("name") != options.method:
-            raise SessionError(
-                f"{session_path} is a {existing.method.get('name')} session, not {options.method}: "
-                "drop --method or start a new session"
-            )
+        conflict = search.resume_conflict(existing.spec)
+        if conflict:
+            raise SessionError(f"{session_path} {conflict}")
     elif session_path.exists():
         raise FinercutError(
             f"session {session_path} already exists: pass --resume to continue it, or another path"
         )
-    torch.manual_seed(options.seed)
+    torch.manual_seed(search.seed)
     lm = loaded or load_model(spec, progress=progress)
     pm = lm.pm
-    pins = [parse_id(p, pm.num_blocks, allow_block=True) for p in options.pins]
-    model_record = {
-        "name_or_path": spec.name_or_path or None,
-        "gguf_file": spec.gguf_file,
-        "revision": spec.revision,
-        "dtype": lm.dtype,
-        "dtype_asked": spec.dtype,
-        "architecture": lm.architecture,
-        "num_blocks": pm.num_blocks,
-    }
-    progress(f"calibration: {options.calib_samples} x {options.seq_len} tokens from {options.calib}")
-    calibration = build_calibration(lm.tokenizer, options.calib, options.calib_samples, options.seq_len)
+    pins = Pins(parse_id(p, pm.num_blocks, allow_block=True) for p in setup.pins)
+    model_record = ModelRecord(
+        num_blocks=pm.num_blocks,
+        name_or_path=spec.name_or_path or None,
+        gguf_file=spec.gguf_file,
+        revision=spec.revision,
+        dtype=lm.dtype,
+        dtype_asked=spec.dtype,
+        architecture=lm.architecture,
+    )
+    cal = setup.calibration
+    progress(f"calibration: {cal.describe()}")
+    calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len)
+    cal_record = CalibrationRecord.from_dict(calibration.spec())
     if existing is not None:
-        check_matches(existing, model=model_record, calibration=calibration.spec(), source=str(session_path))
+        check_matches(
+            existing,
+            architecture=model_record.architecture,
+            num_blocks=model_record.num_blocks,
+            calibration=cal_record,
+            source=str(session_path),
+        )
         session = existing
-        pins = list(dict.fromkeys(session.pinned + pins))
+        if not session.calibration.text_sha256:  # recorded before the text hash was kept
+            session.calibration = dataclasses.replace(session.calibration, text_sha256=cal_record.text_sha256)
+        pins = session.pinned | pins
+        search = dataclasses.replace(session.spec, target=search.target)  # only the target may change
     else:
         session = Session(
             model=model_record,
-            calibration=calibration.spec(),
-            method={},
-            pinned=pins,
+            calibration=cal_record,
+            method=MethodRecord(search),
             command=command or shlex.join(["finercut-tui", *sys.argv[1:]]),
         )
-    target = M.resolve_target(options.target, options.method, pm.num_blocks, set(expand(pins)))
-    if existing is not None:
-        _check_same_search(existing, options.method_record(target), session_path)
-        session.method.update(target=target, target_spec=str(options.target))
-    else:
-        session.method = options.method_record(target)
+    target = search.info.resolve_target(search.target, pm.num_blocks, pins)
+    session.method = dataclasses.replace(session.method, spec=search, target=target)
     session.pinned = pins
-    if options.eval_request is not None:
-        options.eval_request = dataclasses.replace(
-            options.eval_request,
-            calibration_source=calibration.source,
-            calibration_split=calibration.split,
-            calibration_text_sha256=calibration.text_sha256,
+    schedule = setup.schedule
+    if schedule.request is not None:
+        schedule = dataclasses.replace(
+            schedule,
+            request=dataclasses.replace(
+                schedule.request,
+                calibration_source=calibration.source,
+                calibration_split=calibration.split,
+                calibration_text_sha256=session.calibration.text_sha256,
+            ),
         )
-    config = SearchConfig(
-        method=options.method,
-        target=target,
-        metric=options.metric,
-        iterative=options.iterative,
-        exclude_front=options.exclude_front,
-        block_metric=options.block_metric,
-        batch_size=options.batch_size,
-        prefix_cache=options.prefix_cache,
-        eval_every=options.eval_every,
-        eval_request=options.eval_request,
-    )
     controller = Controller()
     job = Job(
         loaded=lm,
         session=session,
         session_path=session_path,
         controller=controller,
-        options=options,
+        setup=dataclasses.replace(setup, spec=search, schedule=schedule),
         calibration=calibration,
-    )
-    one_shot = (
-        _one_shot_scores(session)
-        if (existing and options.method != "finercut" and not options.iterative)
-        else None
     )
     job.engine = SearchEngine(
         pm,
         calibration.input_ids,
-        config,
+        search,
+        target,
+        scoring=setup.scoring,
+        schedule=schedule,
         controller=controller,
         order=session.removed_at(),
-        pinned=set(pins),
-        one_shot_scores=one_shot,
-        evaluator=_evaluator(job),  # always: "evaluate now" from the UI needs one too
-        evaluated_steps={int(e.get("step", -1)) for e in session.evals},
+        pins=pins,
+        one_shot_scores=session.one_shot_scores() if existing and not search.rescored else None,
+        evaluator=job.evaluate,  # always: "evaluate now" from the UI needs one too
+        evaluated_steps={e.step for e in session.evals},
     )
     job.save()  # the session exists on disk before the first step
     return job

@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, Log
 from textual.worker import Worker, WorkerState
 
+from finercut_tui.domain.evals import describe_eval
+from finercut_tui.domain.progress import SearchProgress
+from finercut_tui.domain.text import clock, describe_event
 from finercut_tui.errors import FinercutError
-from finercut_tui.render import CellState, LayerMap, describe_eval, fmt_score
+from finercut_tui.layer_map import CellState, LayerMap
 from finercut_tui.search import events as E
 from finercut_tui.session import Session
 from finercut_tui.tui.grid import LayerGrid
@@ -159,7 +161,7 @@ class WorkbenchApp(App[int]):
         self._error: str | None = None
         self._started = clock()
         self._elapsed_before = sum(s.seconds or 0.0 for s in session.steps)
-        self._candidate_seconds: deque[float] = deque(maxlen=64)
+        self.progress = SearchProgress()
         self._eval_form = self._default_eval_form()
 
     # -- set-up ----------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class WorkbenchApp(App[int]):
             grid.styles.width = width
 
     def _default_eval_form(self) -> EvalForm:
-        request = getattr(getattr(self.job, "options", None), "eval_request", None)
+        request = self.job.setup.schedule.request if self.job is not None else None
         if request is not None:
             return EvalForm(
                 ppl=request.ppl or "",
@@ -250,11 +252,11 @@ class WorkbenchApp(App[int]):
     def _load_job(self, session_path: Path) -> None:
         """Load the model for a session and build its job (replay's `c`)."""
         try:
-            from finercut_tui.search.job import SearchOptions, model_spec_from_session, prepare_job
+            from finercut_tui.search.job import model_spec_from_session, prepare_job, setup_from_session
 
             session = Session.load(session_path)
             job = prepare_job(
-                SearchOptions.from_session(session),
+                setup_from_session(session),
                 model_spec_from_session(session, **self.model_overrides),
                 session_path,
                 resume=True,
@@ -318,19 +320,16 @@ class WorkbenchApp(App[int]):
         return self._elapsed_before + (self.clock() - self._started)
 
     def _log_line(self, text: str) -> None:
-        stamp = _clock(self._elapsed()) if self.mode == "live" else ""
+        stamp = clock(self._elapsed()) if self.mode == "live" else ""
         self._log_lines.append(f"{stamp} {text}" if stamp else text)
 
     def _apply(self, event: Any) -> None:
         self.map.apply(event)
+        self.progress.apply(event)
         self._dirty = True
-        if isinstance(event, E.CandidateScored):
-            if event.seconds:
-                self._candidate_seconds.append(event.seconds)
+        if isinstance(event, E.CandidateScored | E.CandidateStarted):
             return
-        if isinstance(event, E.CandidateStarted):
-            return
-        line = self._describe(event)
+        line = describe_event(event)
         if line:
             self._log_line(line)
         if isinstance(event, E.LogMessage) and event.level in ("warning", "error"):
@@ -339,39 +338,6 @@ class WorkbenchApp(App[int]):
             self.notify(line or "search finished", title="search finished")
         elif isinstance(event, E.EvalFinished):
             self.notify(describe_eval(event.record), title=f"eval at step {event.step}")
-
-    def _describe(self, event: Any) -> str:
-        if isinstance(event, E.SearchStarted):
-            done = f", {len(event.removed)} already removed" if event.removed else ""
-            return f"search started: {event.method}/{event.metric}, target {event.target} {event.unit}s{done}"
-        if isinstance(event, E.StepStarted):
-            held = f" ({len(event.held_back)} held back)" if event.held_back else ""
-            return f"step {event.step}: {len(event.candidates)} candidates{held}"
-        if isinstance(event, E.SublayerRemoved):
-            score = f", score {fmt_score(event.score)}" if event.score is not None else ""
-            took = f", {event.seconds:.1f}s" if event.seconds else ""
-            return f"step {event.step}: removed {event.sublayer} by {event.by}{score}{took}"
-        if isinstance(event, E.SublayerRestored):
-            return f"undo: {event.sublayer} restored (step {event.step} taken back)"
-        if isinstance(event, E.PinChanged):
-            return f"{'pinned' if event.pinned else 'unpinned'} {event.sublayer}"
-        if isinstance(event, E.Paused):
-            return f"paused at step {event.step}"
-        if isinstance(event, E.Resumed):
-            return "resumed"
-        if isinstance(event, E.EvalStarted):
-            return f"evaluating at step {event.step}: {event.description}"
-        if isinstance(event, E.EvalFinished):
-            return f"eval at step {event.step}: {describe_eval(event.record)}"
-        if isinstance(event, E.LogMessage):
-            return event.text if event.level == "info" else f"{event.level}: {event.text}"
-        if isinstance(event, E.SearchFinished):
-            why = {"target": "target reached", "exhausted": "no candidates left"}.get(
-                event.reason, event.reason
-            )
-            extra = f": {event.message}" if event.message else ""
-            return f"search finished ({why}{extra}) after {len(event.removed)} removals"
-        return ""
 
     # -- drawing ---------------------------------------------------------------------------------------
     def _redraw(self, force: bool = False) -> None:
@@ -441,10 +407,7 @@ class WorkbenchApp(App[int]):
         return "running"
 
     def _eta(self) -> float | None:
-        if self.mode != "live" or self.map.finished or not self._candidate_seconds:
-            return None
-        average = sum(self._candidate_seconds) / len(self._candidate_seconds)
-        return average * self.map.remaining_evaluations()
+        return self.progress.eta_seconds() if self.mode == "live" else None
 
     def _device_text(self) -> str:
         if self.device is not None:
@@ -458,8 +421,7 @@ class WorkbenchApp(App[int]):
 
     def _show_status(self) -> None:
         m = self.map
-        model = self.session.model
-        name = model.get("name_or_path") or model.get("gguf_file") or "?"
+        name = self.session.model.name
         if self.sub_title:  # e.g. the demo says it runs a demo configuration
             name = f"{name} [{self.sub_title}]"
         info = StatusInfo(
@@ -575,15 +537,16 @@ class WorkbenchApp(App[int]):
             tasks_dir=form.tasks_dir or None,
             limit=number(form.limit, "limit", float),
         )
-        base = getattr(getattr(self.job, "options", None), "eval_request", None)
+        base = self.job.setup.schedule.request
         if base is not None:
             return dataclasses.replace(base, **fields)
         calibration = self.session.calibration
         return EvalRequest(
             **fields,
-            seed=int(self.session.method.get("seed", 0) or 0),
-            calibration_source=calibration.get("source"),
-            calibration_split=calibration.get("split"),
+            seed=self.session.spec.seed,
+            calibration_source=calibration.source,
+            calibration_split=calibration.split,
+            calibration_text_sha256=calibration.text_sha256,
         )
 
     def action_save(self) -> None:
@@ -676,14 +639,8 @@ class WorkbenchApp(App[int]):
     def continue_from(self, k: int) -> Path:
         """Write the first k steps to `<name>-from-k.yaml` and resume it (loads the model)."""
         target = self.continue_path(k)
-        new = Session.from_yaml_dict(self.session.to_yaml_dict(), source=str(self.session_path))
-        new.steps = new.steps[:k]
-        new.evals = [e for e in new.evals if int(e.get("step", 0)) <= k]
-        new.undone = []
-        new.finished = False
         origin = self.session_path.name if self.session_path else "a replay"
-        new.notes = (new.notes + "\n" if new.notes else "") + f"continued from {origin} at step {k}"
-        new.save(target)
+        self.session.continued_from(k, origin).save(target)
         self._log_line(f"wrote {target} ({k} steps); loading the model...")
         self._loading = True
         self._error = None
@@ -729,12 +686,6 @@ def _leave_a_core_for_the_ui(job: Any) -> None:
     cores = os.cpu_count() or 1
     if cores > 1 and torch.get_num_threads() >= cores:
         torch.set_num_threads(cores - 1)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _memory_text(devices: list[str]) -> str:

@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from finercut_tui.layer_map import LEVELS, Cell, CellState, LayerMap
 from finercut_tui.model.sublayers import KINDS
-from finercut_tui.render import LEVELS, Cell, CellState, LayerMap
 
 CELL_WIDTH = 4
 COLUMN_GAP = "│ "  # each column of blocks ends with a space, where the cursor's "]" can go

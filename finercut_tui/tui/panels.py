@@ -9,26 +9,9 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from finercut_tui.render import (
-    BARS,
-    LEGEND,
-    LEVELS,
-    Cell,
-    CellState,
-    LayerMap,
-    describe_eval,
-    fmt_score,
-    retained_text,
-)
-
-
-def clock_text(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--:--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+from finercut_tui.domain.evals import EvalRecord, describe_eval, retained_text
+from finercut_tui.domain.text import clock, fmt_score
+from finercut_tui.layer_map import BARS, LEGEND, LEVELS, Cell, CellState, LayerMap
 
 
 @dataclass
@@ -89,9 +72,9 @@ class StatusBar(Static):
             line2.append(f" step {shown}/{info.target if info.target is not None else '?'}", "bold")
             if info.candidates:
                 line2.append(f"  cand {info.candidate}/{info.candidates}")
-        line2.append(f"  elapsed {clock_text(info.elapsed)}")
+        line2.append(f"  elapsed {clock(info.elapsed)}")
         if info.mode != "replay":
-            line2.append(f"  ETA {clock_text(info.eta) if info.eta is not None else '--:--'}")
+            line2.append(f"  ETA {clock(info.eta)}")
         if info.device:
             line2.append(f"  {info.device}", "dim")
         text = Text("\n").join([line1, line2])
@@ -160,9 +143,9 @@ class EvalTable(DataTable):
     def on_mount(self) -> None:
         self.add_columns("step", "kept", "results")
 
-    def show(self, evals: list[dict]) -> None:
+    def show(self, evals: list[EvalRecord]) -> None:
         self.clear()
-        self.add_rows((str(e.get("step", "?")), retained_text(e), describe_eval(e, width=60)) for e in evals)
+        self.add_rows((str(e.step), retained_text(e), describe_eval(e, width=60)) for e in evals)
 
 
 class Legend(Static):

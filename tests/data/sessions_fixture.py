@@ -75,7 +75,9 @@ def make_session(
     evals: list[dict] | None = None,
 ) -> Session:
     target = count if target is None else target
-    return Session(
+    steps = greedy_steps(num_blocks, count, seed, pinned, manual)
+    record = dict(
+        schema_version=1,
         model={
             "name_or_path": name,
             "gguf_file": None,
@@ -103,12 +105,13 @@ def make_session(
             "seed": 0,
         },
         pinned=list(pinned),
-        steps=greedy_steps(num_blocks, count, seed, pinned, manual),
+        steps=[s.to_dict() for s in steps],
         evals=list(evals or []),
         command=f"finercut-tui run --model synthetic/llama-like --target {target} --session s.yaml",
         created="2025-01-01T00:00:00+00:00",
         finished=finished,
     )
+    return Session.from_yaml_dict(record)
 
 
 def small_session() -> Session:
@@ -153,16 +156,15 @@ def session_80() -> Session:
 def live_script(session: Session, scored: int = 20) -> list:
     """Events of a search on `session`'s model that has made its recorded removals and is now
     `scored` candidates into the next step (one more is being evaluated)."""
-    method = session.method
     events: list = [
         E.SearchStarted(
             method="finercut",
-            metric=method.get("metric"),
+            metric=session.spec.metric,
             num_blocks=session.num_blocks,
-            target=int(method["target"]),
+            target=session.method.target,
             unit="sublayer",
             removed=(),
-            pinned=tuple(session.pinned),
+            pinned=tuple(session.pinned.canonical()),
         )
     ]
     removed: list[str] = []

@@ -1,0 +1,158 @@
+"""The method registry: per method, what it scores, its unit, how it ranks, and its candidates.
+
+Adding a method is one `register(Method(...))` here plus, when it scores in a new way, one branch
+in the engine keyed on `Method.scoring`. No other module compares method names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+
+from finercut_tui.domain.pins import Pins
+from finercut_tui.errors import FinercutError
+from finercut_tui.model.sublayers import expand, split_id
+
+BLOCK_METRICS = ("cosine", "angular-gap")
+# FinerCut distances, as registered in search/metrics.py (named here so CLI help needs no torch)
+METRIC_NAMES = ("js", "js-ref", "kl", "angular", "l2", "nll")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kinds: tuple[str, ...]  # what it removes: "attn", "mlp" and/or "block"
+    scoring: str  # "distance": output vs the original model (FinerCut); "similarity": 1 - cos (LLM-Drop)
+    always_iterative: bool  # re-scores every remaining candidate after each removal, whatever --iterative
+    front_exclusion: bool  # honours --exclude-front
+    summary: str
+
+    @property
+    def unit(self) -> str:
+        return "block" if self.kinds == ("block",) else "sublayer"
+
+    @property
+    def noun(self) -> str:
+        return f"{self.unit}s"
+
+    def iterative(self, asked: bool) -> bool:
+        """Whether scores are re-computed after each removal."""
+        return self.always_iterative or asked
+
+    def unit_of(self, sid: str) -> str:
+        """What this method removes for the sublayer `sid`: the sublayer, or its whole block."""
+        block, _ = split_id(sid)
+        return f"{block}.block" if self.unit == "block" else sid
+
+    def universe(self, num_blocks: int) -> list[str]:
+        """Every unit the method may remove, in model order."""
+        return [f"{b}.{k}" for b in range(num_blocks) for k in self.kinds]
+
+    def progress(self, num_blocks: int, removed: Set[str]) -> int:
+        """How many of the method's units are removed (manual removals of the same kind count)."""
+        return sum(is_removed(u, removed) for u in self.universe(num_blocks))
+
+    def candidates(
+        self, num_blocks: int, removed: Set[str], pins: Pins, exclude_front: float = 0.0
+    ) -> tuple[list[str], list[str]]:
+        """(this step's candidates, units held back by front exclusion), in model order.
+
+        `removed` holds sublayer ids. Held-back units become candidates when nothing else is left,
+        so a search never waits forever on them.
+        """
+        units = [u for u in self.universe(num_blocks) if not is_removed(u, removed) and u not in pins]
+        held_blocks = (
+            front_held_blocks(num_blocks, exclude_front, len(removed)) if self.front_exclusion else set()
+        )
+        free = [u for u in units if block_of(u) not in held_blocks]
+        held = [u for u in units if block_of(u) in held_blocks]
+        return (free, held) if free else (held, [])
+
+    def resolve_target(self, text: str | int | float, num_blocks: int, pins: Pins = Pins()) -> int:
+        """`N` units, a fraction 0<F<1 of the method's units (rounded down), or `all` (every unpinned one)."""
+        units = self.universe(num_blocks)
+        available = [u for u in units if u not in pins]
+        raw = str(text).strip().lower()
+        if raw == "all":
+            return len(available)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise FinercutError(
+                f"bad --target {text!r}: give a count N, a fraction 0<F<1, or 'all'"
+            ) from None
+        if value.is_integer() and value >= 1:
+            count = int(value)
+        elif 0 < value < 1:
+            count = int(value * len(units))
+            if count == 0:
+                raise FinercutError(
+                    f"--target {text} of {len(units)} {self.noun} rounds down to 0: give a larger fraction"
+                )
+        else:
+            raise FinercutError(
+                f"--target {text} is out of range: give a count 1..{len(units)}, a fraction 0<F<1, or 'all'"
+            )
+        if count > len(available):
+            pinned_note = f" ({len(units) - len(available)} pinned)" if len(available) < len(units) else ""
+            raise FinercutError(
+                f"--target {count} is more than there are candidates: {self.name} can remove "
+                f"{len(available)} {self.noun}{pinned_note}"
+            )
+        return count
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    _REGISTRY[method.name] = method
+    return method
+
+
+register(
+    Method(
+        "finercut",
+        ("attn", "mlp"),
+        "distance",
+        always_iterative=True,
+        front_exclusion=True,
+        summary="greedy: remove the sublayer whose removal changes the output least",
+    )
+)
+register(Method("attn-drop", ("attn",), "similarity", False, False, "attention sublayers by 1 - cos"))
+register(Method("mlp-drop", ("mlp",), "similarity", False, False, "MLP sublayers by 1 - cos"))
+register(Method("block-drop", ("block",), "similarity", False, False, "whole blocks by 1 - cos"))
+register(
+    Method("joint-drop", ("attn", "mlp"), "similarity", False, False, "attention and MLP ranked together")
+)
+
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise FinercutError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+
+
+def is_removed(uid: str, removed: Set[str]) -> bool:
+    """A unit is removed when all of its sublayers are."""
+    return all(s in removed for s in expand([uid]))
+
+
+def block_of(uid: str) -> int:
+    return split_id(uid)[0]
+
+
+def front_held_blocks(num_blocks: int, exclude_front: float, removed_count: int) -> set[int]:
+    """FinerCut's front exclusion: blocks 0..int(L*X/2) wait until int(L*X)+1 sublayers are removed."""
+    if exclude_front <= 0 or removed_count >= int(num_blocks * exclude_front) + 1:
+        return set()
+    return set(range(int(num_blocks * exclude_front / 2) + 1))
+
+
+def units_in(ids: Iterable[str], method: Method) -> list[str]:
+    """The method's units among `ids`, in order, without repeats."""
+    return list(dict.fromkeys(method.unit_of(s) for s in expand(ids)))

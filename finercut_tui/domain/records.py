@@ -1,0 +1,176 @@
+"""The typed parts of a session file: model, calibration, steps and undone removals.
+
+Each record reads its YAML mapping (`from_dict`, where its defaults live) and writes it back
+(`to_dict`) in the order schema 1 has always used, so files stay readable and diff-able. Keys an
+unknown version wrote are kept in `extra` and written back unchanged. `MethodRecord` lives beside
+the search spec (domain/spec.py) and `EvalRecord` beside its text (domain/evals.py).
+
+Adding a session field: give it a default here (readers of old files get the default) and write
+it in `to_dict` only when it differs from that default, so old files round-trip byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _require_mapping(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError(f"bad {what} entry {data!r}")
+    return data
+
+
+def _extra(data: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in known}
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    num_blocks: int
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: str | None = None  # as loaded
+    dtype_asked: str = "auto"  # as given (a resume asks the same)
+    architecture: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("name_or_path", "gguf_file", "revision", "dtype", "dtype_asked", "architecture", "num_blocks")
+
+    @property
+    def name(self) -> str:
+        """What to call the model in headers: its path or hub id, else its GGUF file."""
+        return self.name_or_path or self.gguf_file or "?"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name_or_path": self.name_or_path,
+            "gguf_file": self.gguf_file,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "dtype_asked": self.dtype_asked,
+            "architecture": self.architecture,
+            "num_blocks": self.num_blocks,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelRecord:
+        data = _require_mapping(data, "model")
+        return cls(
+            num_blocks=int(data["num_blocks"]),
+            name_or_path=data.get("name_or_path") or None,
+            gguf_file=data.get("gguf_file"),
+            revision=data.get("revision"),
+            dtype=data.get("dtype"),
+            dtype_asked=str(data.get("dtype_asked") or "auto"),
+            architecture=data.get("architecture"),
+            extra=_extra(data, cls._KEYS),
+        )
+
+
+DEFAULT_LAYOUT = "per-row-bos"
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    source: str
+    samples: int
+    seq_len: int
+    split: str | None = None
+    bos: bool | None = None
+    fingerprint: str | None = None  # sha256 of the token ids: equal = the very same tokens scored
+    text_sha256: str | None = None  # of the text itself: an evaluation on it is flagged as overlapping
+    layout: str = DEFAULT_LAYOUT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("source", "split", "samples", "seq_len", "bos", "fingerprint", "text_sha256", "layout")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source,
+            "split": self.split,
+            "samples": self.samples,
+            "seq_len": self.seq_len,
+            "bos": self.bos,
+            "fingerprint": self.fingerprint,
+        }
+        if self.layout != DEFAULT_LAYOUT:
+            out["layout"] = self.layout
+        if self.text_sha256:
+            out["text_sha256"] = self.text_sha256
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CalibrationRecord:
+        data = _require_mapping(data, "calibration")
+        return cls(
+            source=str(data["source"]),
+            samples=int(data["samples"]),
+            seq_len=int(data["seq_len"]),
+            split=data.get("split"),
+            bos=data.get("bos"),
+            fingerprint=data.get("fingerprint"),
+            text_sha256=data.get("text_sha256") or None,
+            layout=str(data.get("layout") or DEFAULT_LAYOUT),
+            extra=_extra(data, cls._KEYS),
+        )
+
+
+BY = ("search", "manual")
+
+
+@dataclass
+class Step:
+    """One removal. `scores` are all the candidates' scores this step chose from."""
+
+    removed: str
+    by: str = "search"  # "search" | "manual"
+    score: float | None = None
+    scores: dict[str, float] | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"removed": self.removed, "by": self.by}
+        if self.score is not None:
+            out["score"] = float(self.score)  # repr round-trips; no numpy scalars in YAML
+        if self.scores:
+            out["scores"] = {k: float(v) for k, v in self.scores.items()}
+        if self.seconds is not None:
+            out["seconds"] = round(float(self.seconds), 3)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Step:
+        if not isinstance(data, dict) or "removed" not in data:
+            raise ValueError(f"bad step entry {data!r}")
+        by = data.get("by", "search")
+        if by not in BY:
+            raise ValueError(f"bad 'by' in step {data!r}")
+        scores = data.get("scores")
+        return cls(
+            removed=str(data["removed"]),
+            by=by,
+            score=data.get("score"),
+            scores=None if scores is None else {str(k): float(v) for k, v in scores.items()},
+            seconds=data.get("seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Undone:
+    """A removal taken back by an undo, with the step index it was undone at."""
+
+    removed: str
+    by: str
+    undone_at_step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "by": self.by, "undone_at_step": self.undone_at_step}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Undone:
+        data = _require_mapping(data, "undone")
+        return cls(str(data["removed"]), str(data.get("by", "search")), int(data["undone_at_step"]))

@@ -1,0 +1,204 @@
+"""What a search is: the spec (method, target, metric, ...), its calibration, its scoring knobs and its
+evaluation schedule, each with its defaults and validation in one place.
+
+`SearchSpec` defines the removal order: two runs with equal specs on equal tokens remove the same
+sublayers in the same order. `ScoringOptions` only change how fast that happens. `MethodRecord` is
+the session's `method:` mapping, written exactly as schema 1 always wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from finercut_tui.domain.methods import BLOCK_METRICS, METRIC_NAMES, Method, get_method
+from finercut_tui.errors import FinercutError
+
+PREFIX_CACHE_CHOICES = ("gpu", "cpu", "off")
+# the fields of the `method:` record that decide the order: a resume may not change them
+_DEFINING = ("metric", "exclude_front", "iterative", "block_metric")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    method: str = "finercut"
+    target: str = "0.25"  # as given: a count N, a fraction 0<F<1, or "all"
+    metric: str = "js"  # FinerCut's distance (distance methods only)
+    iterative: bool = False  # similarity drop: re-score after each removal
+    exclude_front: float = 0.0  # FinerCut's front exclusion
+    block_metric: str = "cosine"  # block units: cosine, or angular-gap (one contiguous run)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", str(self.target))
+
+    @property
+    def info(self) -> Method:
+        return get_method(self.method)
+
+    @property
+    def rescored(self) -> bool:
+        """Whether every remaining candidate is scored again after each removal."""
+        return self.info.iterative(self.iterative)
+
+    @property
+    def score_label(self) -> str:
+        """What the scores are: the distance, the block metric, or cosine."""
+        if self.info.scoring == "distance":
+            return self.metric
+        return self.block_metric if self.info.unit == "block" else "cosine"
+
+    def validate(self) -> SearchSpec:
+        info = self.info  # unknown method
+        if info.scoring == "distance" and self.metric not in METRIC_NAMES:
+            raise FinercutError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRIC_NAMES)}")
+        if not 0.0 <= self.exclude_front < 1.0:
+            raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
+        if self.block_metric not in BLOCK_METRICS:
+            raise FinercutError(
+                f"unknown --block-metric {self.block_metric!r}: choose {', '.join(BLOCK_METRICS)}"
+            )
+        if self.block_metric == "angular-gap" and self.iterative:
+            raise FinercutError(
+                "--block-metric angular-gap picks one contiguous run: it cannot be --iterative"
+            )
+        return self
+
+    def replace(self, **overrides: Any) -> SearchSpec:
+        """A copy with the given fields changed; None means "keep"."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def record_fields(self) -> dict[str, Any]:
+        """The order-defining part of the `method:` record, as schema 1 writes it."""
+        info = self.info
+        if info.scoring == "distance":
+            return {"metric": self.metric, "exclude_front": self.exclude_front, "iterative": True}
+        out: dict[str, Any] = {"metric": "cosine", "iterative": self.iterative}
+        if info.unit == "block":
+            out["block_metric"] = self.block_metric
+        return out
+
+    def resume_conflict(self, recorded: SearchSpec) -> str | None:
+        """Why this spec cannot continue a session recorded with `recorded` (None when it can)."""
+        if recorded.method != self.method:
+            return f"is a {recorded.method} session, not {self.method}: drop --method or start a new session"
+        mine, theirs = self.record_fields(), recorded.record_fields()
+        for key in _DEFINING:
+            if key in mine and key in theirs and mine[key] != theirs[key]:
+                flag = "--" + key.replace("_", "-")
+                return (
+                    f"was searched with {key} {theirs[key]!r}, not {mine[key]!r}: drop {flag} to continue it, "
+                    "or start a new session"
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Which tokens a search scores on (the session records the resulting fingerprint)."""
+
+    source: str = "wikitext2"  # wikitext2 | c4 | pydoc | a .txt/.jsonl path
+    samples: int = 10
+    seq_len: int = 256
+
+    def describe(self) -> str:
+        return f"{self.samples} x {self.seq_len} tokens from {self.source}"
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How fast a search scores; never what it finds."""
+
+    batch_size: int | None = None  # samples per forward (None: all; halves itself on out-of-memory)
+    prefix_cache: str = "gpu"  # keep block inputs on the model's device, offload them to CPU, or off
+
+    def validate(self) -> ScoringOptions:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise FinercutError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.prefix_cache not in PREFIX_CACHE_CHOICES:
+            raise FinercutError(
+                f"--prefix-cache {self.prefix_cache!r}: choose {', '.join(PREFIX_CACHE_CHOICES)}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class EvalSchedule:
+    """Evaluate every `every` removals (0: never) and at the end, with `request` (an EvalRequest)."""
+
+    every: int = 0
+    request: Any = None
+
+    def validate(self) -> EvalSchedule:
+        if self.every < 0:
+            raise FinercutError("--eval-every must be >= 0")
+        if self.every and self.request is None:
+            raise FinercutError(
+                "--eval-every needs something to evaluate: add --ppl SOURCE and/or --tasks NAMES"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """The session's `method:` mapping: the spec, the resolved target, and a batch size that an
+    out-of-memory fallback shrank (so a resume scores at the same size)."""
+
+    spec: SearchSpec
+    target: int | None = None
+    batch_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys written by another version
+
+    _KNOWN = ("name", "target", "target_spec", "metric", "exclude_front", "iterative", "block_metric", "seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        out: dict[str, Any] = {"name": spec.method, "target": self.target, "target_spec": spec.target}
+        out.update(spec.record_fields())
+        out["seed"] = spec.seed
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MethodRecord:
+        if not isinstance(data, dict) or "name" not in data:
+            raise ValueError(f"bad method entry {data!r}")
+        name = str(data["name"])
+        info = get_method(name)
+        default = SearchSpec()
+        target = data.get("target")
+        spec = SearchSpec(
+            method=name,
+            target=str(data.get("target_spec", target)),
+            metric=str(data.get("metric", default.metric)) if info.scoring == "distance" else default.metric,
+            iterative=bool(data.get("iterative", default.iterative)),
+            exclude_front=float(data.get("exclude_front") or default.exclude_front),
+            block_metric=str(data.get("block_metric", default.block_metric)),
+            seed=int(data.get("seed", default.seed) or 0),
+        )
+        batch = data.get("batch_size")
+        known = (*cls._KNOWN, "batch_size")
+        return cls(
+            spec=spec,
+            target=None if target is None else int(target),
+            batch_size=None if batch is None else int(batch),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """Everything a search job needs besides the model: what to search, on which tokens, how fast,
+    when to evaluate, and the pins it starts with."""
+
+    spec: SearchSpec = SearchSpec()
+    calibration: CalibrationSpec = CalibrationSpec()
+    scoring: ScoringOptions = ScoringOptions()
+    schedule: EvalSchedule = EvalSchedule()
+    pins: tuple[str, ...] = ()
+
+    def replace(self, **parts: Any) -> SearchSetup:
+        return dataclasses.replace(self, **{k: v for k, v in parts.items() if v is not None})
