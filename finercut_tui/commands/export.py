@@ -83,7 +83,8 @@ def _spec(args: argparse.Namespace, session):
 
 
 def run(args: argparse.Namespace) -> int:
-    from finercut_tui.model.export import check_out_dir, export_pruned
+    from finercut_tui.model.checkpoint import check_out_dir
+    from finercut_tui.model.export import export_pruned
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import Session, check_matches
 

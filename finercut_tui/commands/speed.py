@@ -58,7 +58,7 @@ def _session_removals(args: argparse.Namespace, pm, architecture: str) -> tuple[
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from finercut_tui.model.export import export_info, load_prunable
+    from finercut_tui.model.load_pruned import export_info, load_prunable
     from finercut_tui.model.loading import load_model
     from finercut_tui.model.speed import measure, random_input_ids, speed_table
 
