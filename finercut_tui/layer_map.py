@@ -319,9 +319,7 @@ class LayerMap:
             if first:
                 m._set_scores({u: v for u, v in first[1].items() if not is_removed(u, removed)})
                 m.scores_step = first[0]
-        m.candidates, m.held_back = (
-            tuple(units) for units in m.info.candidates(m.num_blocks, removed, m.pins, spec.exclude_front)
-        )
+        m.candidates, m.held_back = (tuple(units) for units in spec.candidates(m.num_blocks, removed, m.pins))
         m.evals = session.evals_until(k)
         if k == len(steps) and session.finished:
             m.finished = "target"

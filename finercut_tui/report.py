@@ -70,8 +70,9 @@ def _header_lines(session: Session, k: int, source: str | None) -> list[tuple[st
     if record.target is not None:
         given = f" ({spec.target})" if spec.target != str(record.target) else ""
         method_bits.append(f"target {record.target} {spec.info.noun}{given}")
-    if spec.exclude_front:
-        method_bits.append(f"exclude-front {spec.exclude_front}")
+    if spec.held_blocks(session.num_blocks, 0):  # front exclusion in force at the start
+        rule = " (halved rule)" if spec.front_rule == "halved" else ""
+        method_bits.append(f"exclude-front {spec.exclude_front}{rule}")
     if not spec.info.always_iterative:
         method_bits.append("iterative" if spec.iterative else "one-shot")
     state = "finished" if session.finished else "unfinished"

@@ -54,23 +54,21 @@ def kl_by_hand(p_logits, q_logits):
 HAND_METRICS = {"js": js_by_hand, "js-ref": js_ref_by_hand, "kl": kl_by_hand}
 
 
-def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=0.0, start=()):
+def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=None, start=()):
     """The FinerCut greedy loop, a full forward per candidate, from the removals in `start`.
+    Front exclusion as llm_dissect applies `-x X` to the 2L sublayers in model order: the first
+    2 * (int(L*X) + 1) of them are no candidates while at most int(2L*X) are removed.
     Returns (order including `start`, scores of the first greedy step)."""
     L = model.config.num_hidden_layers
     original = logits_with_zeroed(model, ids, [])
     removed: list[str] = list(start)
     first_scores = None
     while len(removed) < target:
-        held = set()
-        if exclude_front > 0 and len(removed) < int(L * exclude_front) + 1:
-            held = set(range(int(L * exclude_front / 2) + 1))
-        candidates = [
-            f"{b}.{k}"
-            for b in range(L)
-            for k in ("attn", "mlp")
-            if f"{b}.{k}" not in removed and f"{b}.{k}" not in pinned and b not in held
-        ]
+        sublayers = [f"{b}.{k}" for b in range(L) for k in ("attn", "mlp")]
+        excluded = set()
+        if exclude_front is not None and len(removed) <= int(2 * L * exclude_front):
+            excluded = set(sublayers[: 2 * (int(L * exclude_front) + 1)])
+        candidates = [s for s in sublayers if s not in removed and s not in pinned and s not in excluded]
         scores = {
             c: HAND_METRICS[metric](original, logits_with_zeroed(model, ids, removed + [c]))
             for c in candidates

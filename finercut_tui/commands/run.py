@@ -14,7 +14,9 @@ from finercut_tui.commands.common import (
     progress_printer,
 )
 from finercut_tui.domain import methods as M
+from finercut_tui.domain.presets import PRESETS
 from finercut_tui.domain.progress import SearchProgress
+from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
 from finercut_tui.domain.spec import PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
 from finercut_tui.domain.text import clock, describe_event
 from finercut_tui.search.events import CandidateScored, SearchFinished
@@ -49,7 +51,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="X",
-        help="FinerCut: hold back blocks 0..int(L*X/2) until int(L*X)+1 sublayers are gone",
+        help="FinerCut's front exclusion, the reference code's -x X: hold back blocks 0..int(L*X) until "
+        "int(2L*X)+1 sublayers are gone (X = 0 holds block 0 for the first removal; default: off)",
     )
     s.add_argument(
         "--block-metric",
@@ -78,6 +81,20 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"tokens per sample (default {DEFAULT_CALIBRATION.seq_len})",
+    )
+    c.add_argument(
+        "--calib-layout",
+        default=None,
+        choices=LAYOUTS,
+        help=f"how text becomes rows: {DEFAULT_LAYOUT} (default; every row starts with BOS), finercut "
+        "(one stream, one BOS) or llm-drop (documents + EOS, no BOS)",
+    )
+    c.add_argument(
+        "--reproduce",
+        default=None,
+        choices=tuple(PRESETS),
+        help="a paper's settings (calibration, layout, metric); options given explicitly still win: "
+        + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values()),
     )
     p = parser.add_argument_group("speed")
     p.add_argument(
@@ -128,11 +145,22 @@ def eval_request_from_args(args):
 
 def setup_from_args(args):
     """The search setup the options describe; on --resume, the session's with the options given."""
+    from finercut_tui.domain.presets import preset_setup
     from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSetup
+    from finercut_tui.errors import FinercutError
     from finercut_tui.search.job import setup_from_session
     from finercut_tui.session import Session
 
-    setup = setup_from_session(Session.load(args.session)) if args.resume else SearchSetup()
+    if args.resume and args.reproduce:
+        raise FinercutError(
+            "--reproduce starts a new search: drop it with --resume (the session keeps its settings)"
+        )
+    if args.resume:
+        setup = setup_from_session(Session.load(args.session))
+    elif args.reproduce:
+        setup = preset_setup(args.reproduce, args.method, args.iterative)
+    else:
+        setup = SearchSetup()
     spec = setup.spec.replace(
         method=args.method,
         target=args.target,
@@ -147,6 +175,7 @@ def setup_from_args(args):
         source=args.calib or cal.source,
         samples=args.calib_samples or cal.samples,
         seq_len=args.seq_len or cal.seq_len,
+        layout=args.calib_layout or cal.layout,
     )
     batch_size = args.batch_size if args.batch_size is not None else setup.scoring.batch_size
     return SearchSetup(

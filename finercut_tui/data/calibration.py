@@ -42,10 +42,8 @@ import numpy as np
 import torch
 
 from finercut_tui.data.sources import load_text
+from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
 from finercut_tui.errors import FinercutError
-
-DEFAULT_LAYOUT = "per-row-bos"
-LAYOUTS = (DEFAULT_LAYOUT, "finercut", "llm-drop")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Method:
         return sum(is_removed(u, removed) for u in self.universe(num_blocks))
 
     def candidates(
-        self, num_blocks: int, removed: Set[str], pins: Pins, exclude_front: float = 0.0
+        self, num_blocks: int, removed: Set[str], pins: Pins, held_blocks: Set[int] = frozenset()
     ) -> tuple[list[str], list[str]]:
         """(this step's candidates, units held back by front exclusion), in model order.
 
@@ -61,9 +61,6 @@ class Method:
         so a search never waits forever on them.
         """
         units = [u for u in self.universe(num_blocks) if not is_removed(u, removed) and u not in pins]
-        held_blocks = (
-            front_held_blocks(num_blocks, exclude_front, len(removed)) if self.front_exclusion else set()
-        )
         free = [u for u in units if block_of(u) not in held_blocks]
         held = [u for u in units if block_of(u) in held_blocks]
         return (free, held) if free else (held, [])
@@ -146,11 +143,28 @@ def block_of(uid: str) -> int:
     return split_id(uid)[0]
 
 
-def front_held_blocks(num_blocks: int, exclude_front: float, removed_count: int) -> set[int]:
-    """FinerCut's front exclusion: blocks 0..int(L*X/2) wait until int(L*X)+1 sublayers are removed."""
-    if exclude_front <= 0 or removed_count >= int(num_blocks * exclude_front) + 1:
+FRONT_RULES = ("reference", "halved")
+
+
+def front_held_blocks(
+    num_blocks: int, exclude_front: float | None, removed_count: int, rule: str
+) -> set[int]:
+    """FinerCut's front exclusion `-x X`: the blocks held back while `removed_count` sublayers are gone.
+
+    "reference" (llm_dissect's get_target_layers): blocks 0..int(L*X) wait until int(2L*X)+1
+    sublayers are removed; at X = 0 block 0 waits for the first removal. "halved": the rule of
+    sessions recorded before 2026-11-29, blocks 0..int(L*X/2) until int(L*X)+1 removals, nothing
+    at X = 0; kept so that those sessions replay and resume as recorded. None: no exclusion.
+    """
+    if exclude_front is None:
         return set()
-    return set(range(int(num_blocks * exclude_front / 2) + 1))
+    if rule == "halved":
+        if exclude_front <= 0 or removed_count >= int(num_blocks * exclude_front) + 1:
+            return set()
+        return set(range(int(num_blocks * exclude_front / 2) + 1))
+    if removed_count >= int(2 * num_blocks * exclude_front) + 1:
+        return set()
+    return set(range(int(num_blocks * exclude_front) + 1))
 
 
 def units_in(ids: Iterable[str], method: Method) -> list[str]:

@@ -71,6 +71,7 @@ class ModelRecord:
 
 
 DEFAULT_LAYOUT = "per-row-bos"
+LAYOUTS = (DEFAULT_LAYOUT, "finercut", "llm-drop")  # built by data.calibration
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,25 @@ the session's `method:` mapping, written exactly as schema 1 always wrote it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from finercut_tui.domain.methods import BLOCK_METRICS, METRIC_NAMES, Method, get_method
+from finercut_tui.domain.methods import (
+    BLOCK_METRICS,
+    FRONT_RULES,
+    METRIC_NAMES,
+    Method,
+    front_held_blocks,
+    get_method,
+)
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.records import DEFAULT_LAYOUT
 from finercut_tui.errors import FinercutError
 
 PREFIX_CACHE_CHOICES = ("gpu", "cpu", "off")
 # the fields of the `method:` record that decide the order: a resume may not change them
-_DEFINING = ("metric", "exclude_front", "iterative", "block_metric")
+_DEFINING = ("metric", "exclude_front", "exclude_front_rule", "iterative", "block_metric")
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,8 @@ class SearchSpec:
     target: str = "0.25"  # as given: a count N, a fraction 0<F<1, or "all"
     metric: str = "js"  # FinerCut's distance (distance methods only)
     iterative: bool = False  # similarity drop: re-score after each removal
-    exclude_front: float = 0.0  # FinerCut's front exclusion
+    exclude_front: float | None = None  # FinerCut's front exclusion (the reference code's -x); None: off
+    front_rule: str = "reference"  # how -x is applied: see domain.methods.front_held_blocks
     block_metric: str = "cosine"  # block units: cosine, or angular-gap (one contiguous run)
     seed: int = 0
 
@@ -53,8 +64,10 @@ class SearchSpec:
         info = self.info  # unknown method
         if info.scoring == "distance" and self.metric not in METRIC_NAMES:
             raise FinercutError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRIC_NAMES)}")
-        if not 0.0 <= self.exclude_front < 1.0:
+        if self.exclude_front is not None and not 0.0 <= self.exclude_front < 1.0:
             raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
+        if self.front_rule not in FRONT_RULES:
+            raise FinercutError(f"unknown front-exclusion rule {self.front_rule!r}: {', '.join(FRONT_RULES)}")
         if self.block_metric not in BLOCK_METRICS:
             raise FinercutError(
                 f"unknown --block-metric {self.block_metric!r}: choose {', '.join(BLOCK_METRICS)}"
@@ -65,6 +78,17 @@ class SearchSpec:
             )
         return self
 
+    def held_blocks(self, num_blocks: int, removed_count: int) -> set[int]:
+        """Blocks held back by front exclusion now (methods without it hold none)."""
+        if not self.info.front_exclusion:
+            return set()
+        return front_held_blocks(num_blocks, self.exclude_front, removed_count, self.front_rule)
+
+    def candidates(self, num_blocks: int, removed: Set[str], pins: Pins) -> tuple[list[str], list[str]]:
+        """(this step's candidates, units held back), given the removed sublayers and the pins."""
+        held = self.held_blocks(num_blocks, len(removed))
+        return self.info.candidates(num_blocks, removed, pins, held)
+
     def replace(self, **overrides: Any) -> SearchSpec:
         """A copy with the given fields changed; None means "keep"."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -73,7 +97,10 @@ class SearchSpec:
         """The order-defining part of the `method:` record, as schema 1 writes it."""
         info = self.info
         if info.scoring == "distance":
-            return {"metric": self.metric, "exclude_front": self.exclude_front, "iterative": True}
+            out = {"metric": self.metric, "exclude_front": self.exclude_front, "iterative": True}
+            if self.exclude_front is not None and self.front_rule != "halved":
+                out["exclude_front_rule"] = self.front_rule  # files without it used the halved rule
+            return out
         out: dict[str, Any] = {"metric": "cosine", "iterative": self.iterative}
         if info.unit == "block":
             out["block_metric"] = self.block_metric
@@ -101,9 +128,11 @@ class CalibrationSpec:
     source: str = "wikitext2"  # wikitext2 | c4 | pydoc | a .txt/.jsonl path
     samples: int = 10
     seq_len: int = 256
+    layout: str = DEFAULT_LAYOUT  # how text becomes rows: see data.calibration
 
     def describe(self) -> str:
-        return f"{self.samples} x {self.seq_len} tokens from {self.source}"
+        layout = f" ({self.layout} layout)" if self.layout != DEFAULT_LAYOUT else ""
+        return f"{self.samples} x {self.seq_len} tokens from {self.source}{layout}"
 
 
 @dataclass(frozen=True)
@@ -150,7 +179,17 @@ class MethodRecord:
     batch_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys written by another version
 
-    _KNOWN = ("name", "target", "target_spec", "metric", "exclude_front", "iterative", "block_metric", "seed")
+    _KNOWN = (
+        "name",
+        "target",
+        "target_spec",
+        "metric",
+        "exclude_front",
+        "exclude_front_rule",
+        "iterative",
+        "block_metric",
+        "seed",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         spec = self.spec
@@ -175,7 +214,8 @@ class MethodRecord:
             target=str(data.get("target_spec", target)),
             metric=str(data.get("metric", default.metric)) if info.scoring == "distance" else default.metric,
             iterative=bool(data.get("iterative", default.iterative)),
-            exclude_front=float(data.get("exclude_front") or default.exclude_front),
+            exclude_front=None if data.get("exclude_front") is None else float(data["exclude_front"]),
+            front_rule=str(data.get("exclude_front_rule", "halved")),
             block_metric=str(data.get("block_metric", default.block_metric)),
             seed=int(data.get("seed", default.seed) or 0),
         )

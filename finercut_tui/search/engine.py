@@ -106,7 +106,7 @@ class SearchEngine:
         return self.method.progress(self.pm.num_blocks, self.pm.removed)
 
     def _candidates(self) -> tuple[list[str], list[str]]:
-        return self.method.candidates(self.pm.num_blocks, self.pm.removed, self.pins, self.spec.exclude_front)
+        return self.spec.candidates(self.pm.num_blocks, self.pm.removed, self.pins)
 
     def _drain_logs(self) -> Iterator[Event]:
         while self._log:

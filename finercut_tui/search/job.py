@@ -43,7 +43,7 @@ def setup_from_session(session: Session) -> SearchSetup:
     cal = session.calibration
     return SearchSetup(
         spec=session.spec,
-        calibration=CalibrationSpec(cal.source, cal.samples, cal.seq_len),
+        calibration=CalibrationSpec(cal.source, cal.samples, cal.seq_len, cal.layout),
         scoring=ScoringOptions(batch_size=session.method.batch_size),
     )
 
@@ -158,7 +158,7 @@ def prepare_job(
     )
     cal = setup.calibration
     progress(f"calibration: {cal.describe()}")
-    calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len)
+    calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len, cal.layout)
     cal_record = CalibrationRecord.from_dict(calibration.spec())
     if existing is not None:
         check_matches(
