@@ -54,3 +54,12 @@ def test_replay_shows_the_recorded_removals_at_every_step(path):
             await pilot.press("q")
 
     asyncio.run(walk())
+
+
+SHIPPED = SESSIONS + sorted((Path(__file__).parent / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_session_loads_and_saves_back_byte_for_byte(path, tmp_path):
+    Session.load(path).save(tmp_path / "again.yaml")
+    assert (tmp_path / "again.yaml").read_bytes() == path.read_bytes()

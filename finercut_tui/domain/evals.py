@@ -63,17 +63,17 @@ class EvalRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML mapping, in the order the runner writes it; empty optional fields left out."""
-        out: dict[str, Any] = {
-            "step": self.step,
-            "what": dict(self.what),
-            "results": dict(self.results),
-            "average": self.average,
-            "retained": dict(self.retained),
-            "retained_average": self.retained_average,
-            "metrics": dict(self.metrics),
-            "higher_is_better": dict(self.higher_is_better),
-        }
+        """The YAML mapping, in the order the runner writes it; empty optional fields left out
+        (`average` is always written: null says the evaluation had no task metrics)."""
+        out: dict[str, Any] = {"step": self.step}
+        if self.what:
+            out["what"] = dict(self.what)
+        out.update(results=dict(self.results), average=self.average, retained=dict(self.retained))
+        out["retained_average"] = self.retained_average
+        if self.metrics:
+            out["metrics"] = dict(self.metrics)
+        if self.higher_is_better:
+            out["higher_is_better"] = dict(self.higher_is_better)
         if self.overlaps_calibration is not None:
             out["overlaps_calibration"] = self.overlaps_calibration
         if self.warnings:

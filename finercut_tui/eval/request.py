@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from finercut_tui.errors import FinercutError
 
@@ -96,9 +95,3 @@ class EvalRequest:
                 opts.append(f"{self.num_fewshot}-shot")
             parts.append(",".join(self.tasks) + (f" ({', '.join(opts)})" if opts else ""))
         return " + ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """YAML-safe (lists, not tuples)."""
-        out = asdict(self)
-        out["tasks"] = list(self.tasks)
-        return out
