@@ -6,6 +6,7 @@ folder keyed by the file's SHA-256, so the second load takes seconds, not minute
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -214,6 +215,43 @@ def _oom_error(name: str, dtype: str, config, torch_dtype) -> FinercutError:
     )
 
 
+def _one_gguf(files: list[str], where: str) -> str | None:
+    if len(files) > 1:
+        shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
+        raise FinercutError(
+            f"{where} holds {len(files)} GGUF files ({shown}) and no config.json: pick one with --gguf-file NAME"
+        )
+    return files[0] if files else None
+
+
+def gguf_in(name: str) -> str | None:
+    """The GGUF file `--model name` means: the file itself, or the only one in a folder that has no
+    config.json. None when `name` is an ordinary model folder or a hub id."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FinercutError(f"GGUF file not found: {name} (check the path)")
+        return str(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = _one_gguf(sorted(p.name for p in path.glob("*.gguf")), str(path))
+        return str(path / found) if found else None
+    return None
+
+
+def _hub_gguf(name: str, revision: str | None) -> str | None:
+    """A hub repo with GGUF files and no config.json: download its only GGUF (None if it has none)."""
+    try:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        files = list_repo_files(name, revision=revision)
+    except Exception:  # noqa: BLE001 - offline or unknown repo: the caller's error says so
+        return None
+    if "config.json" in files:
+        return None
+    found = _one_gguf(sorted(f for f in files if f.lower().endswith(".gguf")), f"hub repo {name}")
+    return hf_hub_download(name, found, revision=revision) if found else None
+
+
 def load_model(spec: ModelSpec, progress=print) -> LoadedModel:
     """Load `spec` into a PrunableModel, or raise FinercutError with a one-line message."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -229,6 +267,8 @@ def load_model(spec: ModelSpec, progress=print) -> LoadedModel:
         if not os.path.isabs(gguf) and not os.path.exists(gguf) and source and os.path.isdir(source):
             gguf = os.path.join(source, gguf)
         source = str(gguf_to_hf_folder(gguf, progress=progress))
+    elif gguf := gguf_in(source):
+        source = str(gguf_to_hf_folder(gguf, progress=progress))
     elif _looks_like_path(source) and not os.path.exists(os.path.expanduser(source)):
         raise FinercutError(f"no model folder at {source!r}: check the path (or give a hub id like org/name)")
     source = os.path.expanduser(source)
@@ -239,7 +279,10 @@ def load_model(spec: ModelSpec, progress=print) -> LoadedModel:
             raise FinercutError(
                 f"{spec.name_or_path!r} has no usable config.json: {str(exc).splitlines()[0][:160]}"
             ) from exc
-        raise _hub_error(spec.name_or_path, exc) from exc
+        hub_gguf = None if spec.gguf_file or os.path.exists(source) else _hub_gguf(source, spec.revision)
+        if hub_gguf is None:
+            raise _hub_error(spec.name_or_path, exc) from exc
+        return load_model(dataclasses.replace(spec, gguf_file=hub_gguf), progress=progress)
     architecture_for(config.get_text_config(decoder=True))  # fail before loading weights
     device_map = _device_map(config, device, torch_dtype)
     try:
