@@ -283,7 +283,7 @@ class LayerMap:
             self.paused = False
         elif isinstance(event, E.EvalStarted):
             self.evaluating = event.description
-        elif isinstance(event, E.EvalFinished):
+        elif isinstance(event, E.EvalFinished | E.EvalFailed):
             self.evaluating = None
             self.evals.append(event.record)
         elif isinstance(event, E.SearchFinished):

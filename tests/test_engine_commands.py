@@ -191,7 +191,18 @@ def test_a_crashing_evaluation_is_logged_and_the_search_goes_on():
         events.append(ev)
         if isinstance(ev, CandidateScored) and ev.step == 1 and ev.index == 1:
             ctl.evaluate("tasks")
-    from finercut_tui.search.events import LogMessage
+    from finercut_tui.domain.text import describe_event
+    from finercut_tui.layer_map import LayerMap
+    from finercut_tui.search.events import EvalFailed, EvalStarted
 
-    assert any(isinstance(e, LogMessage) and "evaluation failed (RuntimeError" in e.text for e in events)
+    failed = [e for e in events if isinstance(e, EvalFailed)]
+    assert len(failed) == 1 and failed[0].record.error == "RuntimeError: CUDA out of memory inside lm-eval"
+    assert "evaluation at step 0 failed (RuntimeError: CUDA out of memory" in describe_event(failed[0])
     assert len(removals(events)) == 2 and events[-1].reason == "target"
+    # a view fed the events leaves "evaluating" at the failure and lists it
+    grid = LayerMap(eng.pm.num_blocks)
+    for ev in events[: events.index(failed[0])]:
+        grid.apply(ev)
+    assert isinstance(events[events.index(failed[0]) - 1], EvalStarted) and grid.evaluating
+    grid.apply(failed[0])
+    assert grid.evaluating is None and grid.evals[-1].failed

@@ -90,3 +90,33 @@ def test_evaluate_now_with_real_perplexity_keeps_the_removal_order(tmp_path):
     evaluated, eval_steps = order(True)
     assert evaluated == plain
     assert eval_steps == [0, 2]  # the request at step 0 is the baseline itself
+
+
+def test_a_failed_evaluation_is_in_the_session_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
+    from builders import save_tiny_checkpoint
+
+    from finercut_tui.cli import main
+    from finercut_tui.eval import runner
+    from finercut_tui.session import Session
+
+    model = save_tiny_checkpoint(tmp_path / "m", "llama")
+    text = tmp_path / "t.txt"
+    text.write_text(Path("tests/data/english.txt").read_text()[:3000])
+    argv = ["run", "--model", str(model), "--calib", str(text), "--calib-samples", "2", "--seq-len", "16"]
+    argv += ["--eval-every", "1", "--ppl", str(text), "--ppl-seq-len", "32", "--quiet"]
+    real = runner.run_eval
+
+    def broken(pm, request, step, *a, **k):
+        if step == 1:
+            raise RuntimeError("disk vanished")
+        return real(pm, request, step, *a, **k)
+
+    monkeypatch.setattr(runner, "run_eval", broken)
+    assert main([*argv, "--target", "1", "--session", str(tmp_path / "s.yaml")]) == 0
+    session = Session.load(tmp_path / "s.yaml")
+    assert [(e.step, e.error) for e in session.evals] == [(0, None), (1, "RuntimeError: disk vanished")]
+    assert "- step: 1\n  error: 'RuntimeError: disk vanished'\n" in (tmp_path / "s.yaml").read_text()
+    monkeypatch.setattr(runner, "run_eval", real)
+    assert main([*argv, "--target", "2", "--session", str(tmp_path / "s.yaml"), "--resume"]) == 0
+    steps = [(e.step, e.failed) for e in Session.load(tmp_path / "s.yaml").evals]
+    assert steps == [(0, False), (1, True), (2, False)]

@@ -22,6 +22,7 @@ _ORDER = (
     "higher_is_better",
     "overlaps_calibration",
     "warnings",
+    "error",
     "seconds",
 )
 
@@ -38,6 +39,7 @@ class EvalRecord:
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     overlaps_calibration: bool | None = None
     warnings: tuple[str, ...] = ()
+    error: str | None = None  # the evaluation failed: why, in one line (no results then)
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys written by another version
 
@@ -58,9 +60,14 @@ class EvalRecord:
             higher_is_better=dict(known.get("higher_is_better") or {}),
             overlaps_calibration=known.get("overlaps_calibration"),
             warnings=tuple(known.get("warnings") or ()),
+            error=known.get("error"),
             seconds=known.get("seconds"),
             extra=extra,
         )
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping, in the order the runner writes it; empty optional fields left out
@@ -68,6 +75,8 @@ class EvalRecord:
         out: dict[str, Any] = {"step": self.step}
         if self.what:
             out["what"] = dict(self.what)
+        if self.failed:  # nothing was measured
+            return {**out, "error": self.error, **self.extra}
         out.update(results=dict(self.results), average=self.average, retained=dict(self.retained))
         out["retained_average"] = self.retained_average
         if self.metrics:
@@ -78,6 +87,8 @@ class EvalRecord:
             out["overlaps_calibration"] = self.overlaps_calibration
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        if self.error is not None:
+            out["error"] = self.error
         if self.seconds is not None:
             out["seconds"] = self.seconds
         out.update(self.extra)
@@ -94,6 +105,8 @@ def fmt_value(value: Any) -> str:
 
 def describe_eval(record: EvalRecord, width: int | None = None) -> str:
     """One eval in a line: `ppl:wikitext2 12.3 (96.1%), arc_easy 0.61 (98%)`."""
+    if record.failed:
+        return _clip(f"failed: {record.error}", width)
     parts = []
     for name, value in record.results.items():
         part = f"{name} {fmt_value(value)}"
@@ -101,7 +114,10 @@ def describe_eval(record: EvalRecord, width: int | None = None) -> str:
         if kept is not None:
             part += f" ({float(kept):.1f}%)"
         parts.append(part)
-    text = ", ".join(parts) or "-"
+    return _clip(", ".join(parts) or "-", width)
+
+
+def _clip(text: str, width: int | None) -> str:
     if width is not None and len(text) > width:
         text = text[: max(1, width - 1)] + "…"
     return text

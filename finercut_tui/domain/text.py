@@ -46,6 +46,8 @@ def describe_event(event: object) -> str:
         return f"evaluating at step {event.step}: {event.description}"
     if isinstance(event, E.EvalFinished):
         return f"eval at step {event.step}: {describe_eval(event.record)}"
+    if isinstance(event, E.EvalFailed):
+        return f"error: evaluation at step {event.step} failed ({event.record.error}); the search goes on"
     if isinstance(event, E.LogMessage):
         return event.text if event.level == "info" else f"{event.level}: {event.text}"
     if isinstance(event, E.SearchFinished):

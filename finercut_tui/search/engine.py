@@ -30,6 +30,7 @@ from finercut_tui.search.controller import Cancelled, Command, Controller
 from finercut_tui.search.events import (
     CandidateScored,
     CandidateStarted,
+    EvalFailed,
     EvalFinished,
     EvalStarted,
     Event,
@@ -281,16 +282,13 @@ class SearchEngine:
         yield EvalStarted(step, describe() if callable(describe) else str(request))
         try:
             records = self.evaluator(request, step)
-        except FinercutError as exc:
-            yield LogMessage(f"evaluation failed: {exc}", "error")
-            return
         except Exception as exc:  # an evaluation must not end hours of search (e.g. OOM inside lm-eval)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            yield LogMessage(
-                f"evaluation failed ({type(exc).__name__}: {first}); the search goes on", "error"
-            )
+            why = first if isinstance(exc, FinercutError) else f"{type(exc).__name__}: {first}"
+            self.evaluated_steps.add(step)  # not again in this run; a resume may try again
+            yield EvalFailed(step, EvalRecord(step, error=why))
             return
         self.evaluated_steps.add(step)
         for record in records:

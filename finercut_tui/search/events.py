@@ -99,6 +99,14 @@ class EvalFinished:
 
 
 @dataclass(frozen=True)
+class EvalFailed:
+    """An evaluation raised: the search goes on; `record` (with `error` set) goes to the session."""
+
+    step: int
+    record: EvalRecord
+
+
+@dataclass(frozen=True)
 class LogMessage:
     text: str
     level: str = "info"  # "info" | "warning" | "error"
@@ -123,6 +131,7 @@ Event = (
     | Resumed
     | EvalStarted
     | EvalFinished
+    | EvalFailed
     | LogMessage
     | SearchFinished
 )

@@ -27,6 +27,7 @@ from finercut_tui.model.sublayers import parse_id
 from finercut_tui.search.controller import Controller
 from finercut_tui.search.engine import SearchEngine
 from finercut_tui.search.events import (
+    EvalFailed,
     EvalFinished,
     Event,
     LogMessage,
@@ -93,7 +94,7 @@ class Job:
             s.undone.append(Undone(undone.removed, undone.by, event.step))
         elif isinstance(event, PinChanged):
             s.pinned = Pins(event.pins)
-        elif isinstance(event, EvalFinished):
+        elif isinstance(event, EvalFinished | EvalFailed):
             s.evals.append(event.record)
         elif isinstance(event, SearchFinished):
             s.finished = event.reason in ("target", "exhausted")
@@ -215,7 +216,7 @@ def prepare_job(
         pins=pins,
         one_shot_scores=session.one_shot_scores() if existing and not search.rescored else None,
         evaluator=job.evaluate,  # always: "evaluate now" from the UI needs one too
-        evaluated_steps={e.step for e in session.evals},
+        evaluated_steps={e.step for e in session.evals if not e.failed},
     )
     job.save()  # the session exists on disk before the first step
     return job
