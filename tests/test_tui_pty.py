@@ -1,5 +1,6 @@
 """The real thing: `finercut-tui tui` in a pseudo-terminal on a tiny model. The search makes a
-removal, we press q, the app exits 0 within a few seconds and the session is on disk."""
+removal, we press q, the app exits 0 and the session is on disk. Every wait is for a condition, with a
+generous ceiling that only catches a condition that never comes (no timing claim: see bench/)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from finercut_tui.session import Session
 
 DATA = Path(__file__).parent / "data"
+CEILING = 120.0  # seconds; a loaded 2-core machine is slow, never wrong
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +91,18 @@ def test_tui_in_a_pty_quits_cleanly_after_a_removal(tiny_dir, tmp_path):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     screen = bytearray()
     try:
-        deadline = time.monotonic() + 90
-        while not (session_path.exists() and Session.load(session_path).steps):
+        deadline = time.monotonic() + CEILING
+        while not (b"finercut" in screen and session_path.exists() and Session.load(session_path).steps):
             assert child.exited() is None, screen[-2000:].decode(errors="replace")
-            assert time.monotonic() < deadline, "no removal within 90 s"
+            assert time.monotonic() < deadline, "no header and no removal: the search never got going"
             _drain(fd, screen, 0.1)
-        _drain(fd, screen, 0.3)
         os.write(fd, b"q")
-        pressed = time.monotonic()
+        deadline = time.monotonic() + CEILING
         code = None
-        while code is None and time.monotonic() - pressed < 10:
+        while code is None:
+            assert time.monotonic() < deadline, "the app never exited after q"
             _drain(fd, screen, 0.05)
             code = child.exited()
-        assert code is not None, "the app did not exit within 10 s of q"
-        assert time.monotonic() - pressed < 5
         assert code == 0, screen[-2000:].decode(errors="replace")
     finally:
         child.kill()

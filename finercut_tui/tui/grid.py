@@ -158,6 +158,11 @@ class LayerGrid(ScrollView, can_focus=True):
         self.refresh()
 
     @property
+    def cursor_position(self) -> tuple[int, int]:
+        """(block, kind index) of the cursor."""
+        return self.cursor_block, self.cursor_kind
+
+    @property
     def cursor_sid(self) -> str:
         return f"{self.cursor_block}.{KINDS[self.cursor_kind]}"
 

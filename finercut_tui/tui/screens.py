@@ -1,8 +1,10 @@
-"""Modal screens: help, evaluate-now, and a yes/no question."""
+"""Modal screens: help (made from the action table), evaluate-now, and a yes/no question."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -13,57 +15,33 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from finercut_tui.errors import FinercutError
+from finercut_tui.tui.actions import help_sections
+
+if TYPE_CHECKING:
+    from finercut_tui.session import Session
+
 HELP_INTRO = (
     "The grid shows every decoder block (rows, folded into columns on big models) with its attention "
     "and FFN sublayer. The search scores the candidates (lower = more removable) and removes the "
     "lowest each step. The session file is saved after every step."
 )
 
-HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    (
-        "Cells",
-        (
-            ("○", "a candidate not scored yet in this step"),
-            ("▶", "being scored now"),
-            ("▁▂▃▄▅▆▇█", "scored: bar and colour from the lowest (most removable) to the highest score"),
-            ("×k", "removed at step k (orange: by hand)"),
-            ("◆", "pinned: never removed"),
-            ("░░░░", "held back by front exclusion (not a candidate yet)"),
-            ("·", "kept (not a candidate now)"),
-            ("[    ]", "the cursor"),
-        ),
-    ),
-    (
-        "Live search",
-        (
-            ("space", "pause / resume (after the current candidate)"),
-            ("n", "run until the next removal, then pause"),
-            ("arrows  h j k l", "move the cursor (pgup / pgdn: a screen)"),
-            ("p", "pin / unpin the cell under the cursor"),
-            ("x", "remove the cell now (recorded as manual)"),
-            ("u", "undo the last removal"),
-            ("e", "evaluate the pruned model now: perplexity and/or lm-eval tasks"),
-            ("s", "save the session now"),
-            ("q", "quit: saves; the search stops after the current candidate"),
-        ),
-    ),
-    (
-        "Replay",
-        (
-            ("← →  [ ]", "one removal back / forward"),
-            ("home  end", "the unpruned model / every removal"),
-            ("↑ ↓  h j k l", "move the cursor"),
-            ("c", "continue the search from the shown step in a new session (loads the model)"),
-            ("q", "quit"),
-        ),
-    ),
-    ("Everywhere", (("ctrl+p", "command palette: every action by name"), ("?", "this help (esc closes)"))),
+CELLS: tuple[tuple[str, str], ...] = (
+    ("○", "a candidate not scored yet in this step"),
+    ("▶", "being scored now"),
+    ("▁▂▃▄▅▆▇█", "scored: bar and colour from the lowest (most removable) to the highest score"),
+    ("×k", "removed at step k (orange: by hand)"),
+    ("◆", "pinned: never removed"),
+    ("░░░░", "held back by front exclusion (not a candidate yet)"),
+    ("·", "kept (not a candidate now)"),
+    ("[    ]", "the cursor"),
 )
 
 
 def help_text() -> Group:
     parts: list[Text | Table] = [Text(HELP_INTRO)]
-    for title, rows in HELP_SECTIONS:
+    for title, rows in [("Cells", list(CELLS)), *help_sections()]:
         parts.append(Text(f"\n{title}", "bold underline"))
         table = Table.grid(padding=(0, 2))
         table.add_column(min_width=16, style="bold", no_wrap=True)
@@ -130,6 +108,51 @@ class EvalForm:
     tasks: str = ""
     tasks_dir: str = ""
     limit: str = ""
+
+    @classmethod
+    def first_for(cls, request: Any) -> EvalForm:
+        """What the dialog shows first: the search's own evaluation request, else wikitext2."""
+        if request is None:
+            return cls(ppl="wikitext2")
+        return cls(
+            ppl=request.ppl or "",
+            ppl_max_tokens=str(request.ppl_max_tokens or ""),
+            tasks=",".join(request.tasks),
+            tasks_dir=request.tasks_dir or "",
+            limit="" if request.limit is None else str(request.limit),
+        )
+
+    def request(self, base: Any, session: Session) -> Any:
+        """The `EvalRequest` this form asks for: `base` (the search's request) with the form's fields,
+        else a new one on the session's seed and calibration. Raises FinercutError on a bad number."""
+        from finercut_tui.eval.request import EvalRequest
+
+        fields = dict(
+            ppl=self.ppl or None,
+            ppl_max_tokens=_number(self.ppl_max_tokens, "max tokens", int),
+            tasks=self.tasks,
+            tasks_dir=self.tasks_dir or None,
+            limit=_number(self.limit, "limit", float),
+        )
+        if base is not None:
+            return dataclasses.replace(base, **fields)
+        calibration = session.calibration
+        return EvalRequest(
+            **fields,
+            seed=session.spec.seed,
+            calibration_source=calibration.source,
+            calibration_split=calibration.split,
+            calibration_text_sha256=calibration.text_sha256,
+        )
+
+
+def _number(text: str, what: str, kind: type) -> Any:
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise FinercutError(f"{what} must be a number, got {text!r}") from None
 
 
 class EvalScreen(ModalScreen[EvalForm | None]):
