@@ -133,7 +133,25 @@ def render_text(session: Session, step: int | None = None, source: str | None = 
             out.append(f"         {e.step!s:<5} {retained_text(e):<9} {describe_eval(e)}")
     else:
         out.append("evals    none")
+    from finercut_tui.curves import session_curves
+
+    for chart in session_curves([("", _up_to(session, summary.step))]):
+        out += ["", chart.rstrip("\n")]
     return "\n".join(out) + "\n"
+
+
+def _up_to(session: Session, k: int) -> Session:
+    """The session as it stood after k removals (for its curves)."""
+    return session.continued_from(k, "show") if k < len(session.steps) else session
+
+
+def render_curves_svg(session: Session, step: int | None = None, title: str | None = None) -> str:
+    """Evaluation and score curves up to `step`, as SVG."""
+    from finercut_tui.curves import curves_svg, session_panels
+
+    k = len(session.steps) if step is None else step
+    panels = session_panels([("", _up_to(session, k))])
+    return curves_svg(panels, title or f"{session.model.name}: {session.spec.method}, curves to step {k}")
 
 
 def render_markdown(session: Session, step: int | None = None, source: str | None = None) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-FORMATS = ("text", "markdown", "svg")
+FORMATS = ("text", "markdown", "svg", "curves-svg")
 
 
 def register(subparsers) -> None:
@@ -20,14 +20,19 @@ def register(subparsers) -> None:
     )
     p.add_argument("session", help="session YAML")
     p.add_argument("--step", type=int, default=None, metavar="K", help="show the map after K removals")
-    p.add_argument("--format", default="text", choices=FORMATS, help="text (default), markdown, or svg")
+    p.add_argument(
+        "--format",
+        default="text",
+        choices=FORMATS,
+        help="text (default, with curves), markdown, svg (the map), or curves-svg",
+    )
     p.add_argument("--out", default=None, metavar="FILE", help="write to FILE instead of standard output")
     p.set_defaults(func=run)
 
 
 def render(session_path: str | Path, fmt: str = "text", step: int | None = None) -> str:
     from finercut_tui.errors import FinercutError
-    from finercut_tui.report import render_markdown, render_svg, render_text
+    from finercut_tui.report import render_curves_svg, render_markdown, render_svg, render_text
     from finercut_tui.session import Session
 
     session = Session.load(session_path)
@@ -39,6 +44,8 @@ def render(session_path: str | Path, fmt: str = "text", step: int | None = None)
         return render_markdown(session, step, source=str(session_path))
     if fmt == "svg":
         return render_svg(session, step)
+    if fmt == "curves-svg":
+        return render_curves_svg(session, step)
     raise FinercutError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
