@@ -277,6 +277,8 @@ class LayerMap:
             self.candidate_index = self.candidate_total = 0
         elif isinstance(event, E.PinChanged):
             self.pins = Pins(event.pins)
+        elif isinstance(event, E.TargetChanged):
+            self.target, self.finished = event.target, None
         elif isinstance(event, E.Paused):
             self.paused = True
         elif isinstance(event, E.Resumed):

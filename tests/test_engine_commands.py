@@ -206,3 +206,61 @@ def test_a_crashing_evaluation_is_logged_and_the_search_goes_on():
     assert isinstance(events[events.index(failed[0]) - 1], EvalStarted) and grid.evaluating
     grid.apply(failed[0])
     assert grid.evaluating is None and grid.evals[-1].failed
+
+
+def test_after_the_target_the_model_stays_a_workbench(tmp_path):
+    """Undo, pin, remove by hand and search on after the search finished; the session follows."""
+    from builders import save_tiny_checkpoint
+
+    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
+    from finercut_tui.model.loading import ModelSpec
+    from finercut_tui.search.events import PinChanged, SearchFinished, SublayerRestored, TargetChanged
+    from finercut_tui.search.job import prepare_job, setup_from_session
+    from finercut_tui.session import Session
+
+    folder = save_tiny_checkpoint(tmp_path / "m", "llama")
+    setup = SearchSetup(
+        spec=SearchSpec(target="2"), calibration=CalibrationSpec("tests/data/english.txt", 2, 16)
+    )
+    path = tmp_path / "s.yaml"
+    job = prepare_job(setup, ModelSpec(str(folder), device="cpu"), path, progress=lambda m: None)
+    ctl, events, finished = job.controller, [], 0
+    for ev in job.events(serve=True):
+        events.append(ev)
+        if isinstance(ev, SearchFinished):
+            finished += 1
+            if finished == 1:
+                first, second = job.session.removed_at()
+                assert Session.load(path).finished
+                ctl.undo()  # takes `second` back
+                ctl.pin(second)
+                by_hand = next(x for x in ("3.mlp", "2.mlp", "1.mlp") if x not in (first, second))
+                ctl.force_remove(by_hand)
+                ctl.extend(4)
+            else:
+                ctl.cancel()
+    assert finished == 2
+    assert [type(e) for e in events if isinstance(e, SublayerRestored | PinChanged | TargetChanged)] == [
+        SublayerRestored,
+        PinChanged,
+        TargetChanged,
+    ]
+    saved = Session.load(path)
+    order = saved.removed_at()
+    assert len(order) == 4 and order[0] == first and second not in order
+    assert (
+        (saved.steps[1].removed, saved.steps[1].by) == (by_hand, "manual")
+        and saved.method.target == 4
+        and saved.spec.target == "4"
+    )
+    assert saved.finished and second in saved.pinned and [u.removed for u in saved.undone] == [second]
+    # the extended session resumes as finished, and a resume with a higher target searches on from there
+    resumed = prepare_job(
+        setup_from_session(saved).replace(spec=saved.spec.replace(target="5")),
+        ModelSpec(str(folder), device="cpu"),
+        path,
+        resume=True,
+        progress=lambda m: None,
+    )
+    list(resumed.events())
+    assert Session.load(path).removed_at()[:4] == order and len(Session.load(path).steps) == 5

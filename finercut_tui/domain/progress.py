@@ -57,6 +57,8 @@ class SearchProgress:
             if event.sublayer in self.removed:
                 del self.removed[len(self.removed) - 1 - self.removed[::-1].index(event.sublayer)]
             self.step, self.step_open, self.index = len(self.removed) + 1, False, 0
+        elif isinstance(event, E.TargetChanged):
+            self.target, self.finished = event.target, False
         elif isinstance(event, E.SearchFinished):
             self.finished, self.step_open = True, False
 

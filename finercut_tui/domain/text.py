@@ -36,6 +36,8 @@ def describe_event(event: object) -> str:
         return f"step {event.step}: removed {event.sublayer} by {event.by}{score}{took}"
     if isinstance(event, E.SublayerRestored):
         return f"undo: {event.sublayer} restored (step {event.step} taken back)"
+    if isinstance(event, E.TargetChanged):
+        return f"searching on: target raised to {event.target}"
     if isinstance(event, E.PinChanged):
         return f"{'pinned' if event.pinned else 'unpinned'} {event.sublayer}"
     if isinstance(event, E.Paused):

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # pin | unpin | force_remove | undo | evaluate | cancel
+    name: str  # pin | unpin | force_remove | undo | evaluate | extend
     arg: Any = None
 
 
@@ -95,6 +95,16 @@ class Controller:
             commands = list(self._queue)
             self._queue.clear()
         return commands
+
+    def extend(self, target: int) -> None:
+        """After the search reached its target: search on to `target` removals."""
+        self.send("extend", int(target))
+
+    def wait_for_command(self, timeout: float = 0.25) -> None:
+        """Block until a command is queued, the search is cancelled, or `timeout` passes."""
+        with self._cond:
+            if not self._queue and not self._cancelled.is_set():
+                self._cond.wait(timeout)
 
     def wait_while_paused(self, timeout: float = 0.25) -> bool:
         """Block while paused until a command arrives or the pause ends; True if still paused."""

@@ -43,6 +43,7 @@ from finercut_tui.search.events import (
     StepStarted,
     SublayerRemoved,
     SublayerRestored,
+    TargetChanged,
 )
 from finercut_tui.search.scoring import Scorer
 from finercut_tui.search.similarity import angular_gap, measure_similarities
@@ -147,6 +148,35 @@ class SearchEngine:
             reason = "cancelled"
         yield from self._drain_logs()
         yield SearchFinished(reason=reason, removed=tuple(self.order))
+
+    def serve(self) -> Iterator[Event]:
+        """After `run`: keep the model a workbench until cancelled. Evaluate, undo, pin and remove by
+        hand as during the search; `extend` raises the target and searches on."""
+        while True:
+            try:
+                self.controller.raise_if_cancelled()
+                self.controller.wait_for_command()
+                for command in self.controller.drain():
+                    if command.name == "extend":
+                        yield from self._extend(int(command.arg))
+                    else:
+                        yield from self._handle(command, None, None)
+            except Cancelled:
+                return
+
+    def _extend(self, target: int) -> Iterator[Event]:
+        if target <= self._progress():
+            yield LogMessage(
+                f"the target {target} is reached already: give more than {self._progress()}", "warning"
+            )
+            return
+        free, held = self._candidates()
+        if not free and not held:
+            yield LogMessage("nothing left to remove: every candidate is removed or pinned", "warning")
+            return
+        self.target = target
+        yield TargetChanged(target)
+        yield from self.run()
 
     def _one_step(self) -> Iterator[Event]:
         candidates, held = self._candidates()

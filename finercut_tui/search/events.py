@@ -70,6 +70,13 @@ class SublayerRestored:
 
 
 @dataclass(frozen=True)
+class TargetChanged:
+    """The search goes on after reaching its target (the user raised it)."""
+
+    target: int
+
+
+@dataclass(frozen=True)
 class PinChanged:
     sublayer: str  # what the user pinned or unpinned
     pinned: bool
@@ -127,6 +134,7 @@ Event = (
     | SublayerRemoved
     | SublayerRestored
     | PinChanged
+    | TargetChanged
     | Paused
     | Resumed
     | EvalStarted

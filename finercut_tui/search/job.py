@@ -35,6 +35,7 @@ from finercut_tui.search.events import (
     SearchFinished,
     SublayerRemoved,
     SublayerRestored,
+    TargetChanged,
 )
 from finercut_tui.session import Session, check_matches
 
@@ -80,10 +81,16 @@ class Job:
     def save(self) -> None:
         self.session.save(self.session_path)
 
-    def events(self) -> Iterator[Event]:
+    def events(self, serve: bool = False) -> Iterator[Event]:
+        """The search's events, each recorded first; with `serve`, the model stays a workbench after
+        the search ends (until cancelled), as the app wants."""
         for event in self.engine.run():
             self.record(event)
             yield event
+        if serve:
+            for event in self.engine.serve():
+                self.record(event)
+                yield event
 
     def record(self, event: Event) -> None:
         s = self.session
@@ -92,6 +99,11 @@ class Job:
         elif isinstance(event, SublayerRestored):
             undone = s.steps.pop()
             s.undone.append(Undone(undone.removed, undone.by, event.step))
+            s.finished = False  # below its target again: a resume searches on
+        elif isinstance(event, TargetChanged):
+            spec = dataclasses.replace(s.spec, target=str(event.target))
+            s.method = dataclasses.replace(s.method, spec=spec, target=event.target)
+            s.finished = False
         elif isinstance(event, PinChanged):
             s.pinned = Pins(event.pins)
         elif isinstance(event, EvalFinished | EvalFailed):
