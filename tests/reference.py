@@ -51,7 +51,29 @@ def kl_by_hand(p_logits, q_logits):
     return (p * (p.log() - q.log())).sum(-1).mean().item()
 
 
-HAND_METRICS = {"js": js_by_hand, "js-ref": js_ref_by_hand, "kl": kl_by_hand}
+def angular_by_hand(p_logits, q_logits):
+    """Angle between the logit vectors per token, arccos of the cosine clamped to [0, 1]."""
+    cos = torch.nn.functional.cosine_similarity(p_logits.double(), q_logits.double(), dim=-1)
+    return torch.arccos(cos.clamp(0.0, 1.0)).mean().item()
+
+
+def l2_by_hand(p_logits, q_logits):
+    return (p_logits.double() - q_logits.double()).norm(dim=-1).mean().item()
+
+
+def nll_by_hand(q_logits, ids):
+    """Mean next-token negative log-likelihood of the pruned model (the original is not used)."""
+    log_q = torch.log_softmax(q_logits.double()[:, :-1], -1)
+    return -log_q.gather(-1, ids[:, 1:, None]).mean().item()
+
+
+HAND_METRICS = {
+    "js": js_by_hand,
+    "js-ref": js_ref_by_hand,
+    "kl": kl_by_hand,
+    "angular": angular_by_hand,
+    "l2": l2_by_hand,
+}
 
 
 def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=None, start=()):
@@ -61,6 +83,10 @@ def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=None, s
     Returns (order including `start`, scores of the first greedy step)."""
     L = model.config.num_hidden_layers
     original = logits_with_zeroed(model, ids, [])
+
+    def distance(pruned):
+        return nll_by_hand(pruned, ids) if metric == "nll" else HAND_METRICS[metric](original, pruned)
+
     removed: list[str] = list(start)
     first_scores = None
     while len(removed) < target:
@@ -69,10 +95,7 @@ def greedy_finercut(model, ids, metric, target, pinned=(), exclude_front=None, s
         if exclude_front is not None and len(removed) <= int(2 * L * exclude_front):
             excluded = set(sublayers[: 2 * (int(L * exclude_front) + 1)])
         candidates = [s for s in sublayers if s not in removed and s not in pinned and s not in excluded]
-        scores = {
-            c: HAND_METRICS[metric](original, logits_with_zeroed(model, ids, removed + [c]))
-            for c in candidates
-        }
+        scores = {c: distance(logits_with_zeroed(model, ids, removed + [c])) for c in candidates}
         first_scores = first_scores or scores
         removed.append(min(candidates, key=lambda c: scores[c]))
     return removed, first_scores

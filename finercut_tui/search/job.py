@@ -119,10 +119,11 @@ class Job:
 
     def _batch_size_changed(self) -> bool:
         scorer = self.engine.scorer
+        if scorer is None:
+            return False
         recorded = self.session.method.batch_size
-        return scorer is not None and scorer.batch_size != (
-            scorer.batch_size if recorded is None else recorded
-        )
+        started = self.setup.scoring.batch_size or int(scorer.input_ids.shape[0])  # None: all samples
+        return scorer.batch_size != (started if recorded is None else recorded)
 
     def evaluate(self, request, step: int) -> list[EvalRecord]:
         """The engine's evaluator: measure the model as it is now against the session's baseline."""

@@ -10,17 +10,22 @@ and with blocks spread over devices (`device_map="auto"`).
 
 On CPU the head runs in vocabulary slices (sliced_head.py) and freed memory stays in the process
 (allocator.py): together they take about a quarter off a late-block candidate on SmolLM2-135M.
+
+For developers: FINERCUT_FAULT_OOM_AT makes the scorer raise a CUDA out-of-memory error at chosen
+forwards, so the batch-halving fallback can be caused on any machine (see `_FaultPlan`). Unset, it
+does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from finercut_tui.errors import is_out_of_memory
+from finercut_tui.errors import FinercutError, is_out_of_memory
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.allocator import keep_freed_memory
@@ -28,6 +33,48 @@ from finercut_tui.search.metrics import NEEDS_REFERENCE, TOKEN_LOCAL, Reference,
 from finercut_tui.search.sliced_head import HeadSlicer
 
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
+FAULT_OOM_ENV = "FINERCUT_FAULT_OOM_AT"
+
+
+class _FaultPlan:
+    """Fault injection for tests and developers: FINERCUT_FAULT_OOM_AT lists the forwards of a Scorer
+    (counted from 1 over everything it runs: reference, prefix capture, candidates) that raise
+    torch.cuda.OutOfMemoryError instead of running. `K` fails the K-th forward once; `K+` fails the
+    K-th and every later one (so the batch halves down to 1 and the run ends with the out-of-memory
+    advice); a comma list combines them, e.g. `3,9` or `5,12+`. Unset or empty: no faults."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.once: set[int] = set()
+        self.from_on: int | None = None
+        self.count = 0
+        for part in (p.strip() for p in spec.split(",")):
+            try:
+                k = int(part[:-1] if part.endswith("+") else part)
+            except ValueError:
+                k = 0
+            if k < 1:
+                raise FinercutError(
+                    f"{FAULT_OOM_ENV}={spec!r}: give forward numbers from 1, as K, K+ or a comma list"
+                )
+            if part.endswith("+"):
+                self.from_on = k if self.from_on is None else min(self.from_on, k)
+            else:
+                self.once.add(k)
+
+    @classmethod
+    def from_env(cls) -> _FaultPlan | None:
+        spec = os.environ.get(FAULT_OOM_ENV, "").strip()
+        return cls(spec) if spec else None
+
+    def tick(self) -> None:
+        """Count one forward; raise the out-of-memory error when the plan says so."""
+        self.count += 1
+        if self.count in self.once or (self.from_on is not None and self.count >= self.from_on):
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 1.00 GiB (injected by {FAULT_OOM_ENV}="
+                f"{self.spec} at forward {self.count})"
+            )
 
 
 class _CachedPrefix(nn.Module):
@@ -74,6 +121,7 @@ class Scorer:
         self._tuple_outputs = False
         self._stub = _CachedPrefix()
         self._sliced_head = HeadSlicer(pm.model)
+        self._faults = _FaultPlan.from_env()
         if self.input_ids.device.type == "cpu":
             keep_freed_memory()
 
@@ -99,6 +147,8 @@ class Scorer:
                 self.log(f"out of memory: retrying with --batch-size {self.batch_size}")
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._faults is not None:
+            self._faults.tick()
         with self._sliced_head():
             return self.pm.model(input_ids=ids, use_cache=False).logits
 
@@ -211,6 +261,15 @@ class Scorer:
                     count += values.numel()
         return float(total) / count  # one device sync per candidate
 
+    # the distance's working set: per token chunk on CPU, per group of rows (x6 temporaries) on GPUs
+    CPU_CHUNK_BYTES = 2 << 20
+    GPU_CHUNK_BYTES = 1 << 30
+
+    @staticmethod
+    def _chunk_tokens(device: torch.device) -> bool:
+        """Split rows into token chunks (CPU) rather than group whole rows (GPUs)."""
+        return device.type == "cpu"
+
     def _chunks(self, logits: torch.Tensor):
         """(rows, tokens) slices for the distance. On CPU a few tokens at a time, so each of the
         metric's elementwise passes stays in cache (5x faster, same numbers); on GPUs whole rows under
@@ -218,10 +277,10 @@ class Scorer:
         n, t, vocab = logits.shape
         if not TOKEN_LOCAL[self.metric_name]:
             step_rows, step_tokens = 1, t
-        elif logits.device.type == "cpu":
-            step_rows, step_tokens = 1, max(1, (2 << 20) // (vocab * 4))
+        elif self._chunk_tokens(logits.device):
+            step_rows, step_tokens = 1, max(1, self.CPU_CHUNK_BYTES // (vocab * 4))
         else:
-            step_rows, step_tokens = max(1, min(n, (1 << 30) // max(t * vocab * 4 * 6, 1))), t
+            step_rows, step_tokens = max(1, min(n, self.GPU_CHUNK_BYTES // max(t * vocab * 4 * 6, 1))), t
         for r in range(0, n, step_rows):
             for s in range(0, t, step_tokens):
                 yield r, min(r + step_rows, n), s, min(s + step_tokens, t)
