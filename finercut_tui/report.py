@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from finercut_tui.domain.evals import EvalRecord, describe_eval, retained_text
+from finercut_tui.domain.records import HealRecord
 from finercut_tui.domain.text import fmt_score
 from finercut_tui.layer_map import KIND_LABEL, Cell, CellState, LayerMap, Removal
 from finercut_tui.model.sublayers import KINDS, expand, split_id
@@ -133,11 +134,45 @@ def render_text(session: Session, step: int | None = None, source: str | None = 
             out.append(f"         {e.step!s:<5} {retained_text(e):<9} {describe_eval(e)}")
     else:
         out.append("evals    none")
+    out += _heal_lines(session, summary.step)
     from finercut_tui.curves import session_curves
 
     for chart in session_curves([("", _up_to(session, summary.step))]):
         out += ["", chart.rstrip("\n")]
     return "\n".join(out) + "\n"
+
+
+def _heals_until(session: Session, k: int) -> list[HealRecord]:
+    return [h for h in session.heals if h.step <= k]
+
+
+def _loss_text(heal: HealRecord) -> str:
+    if heal.first_loss is None or heal.final_loss is None:
+        return "-"
+    return f"{heal.first_loss:.3f} -> {heal.final_loss:.3f}"
+
+
+def _before_after(heal: HealRecord, part) -> str:
+    before = part(heal.before) if heal.before is not None else "-"
+    after = part(heal.after) if heal.after is not None else "-"
+    return f"{before} -> {after}"
+
+
+def _heal_lines(session: Session, k: int) -> list[str]:
+    """Healed results beside the unhealed ones: one line per `heal` at a step <= k."""
+    heals = _heals_until(session, k)
+    if not heals:
+        return []
+    out = ["heals    step  lora  steps  loss             retained (before -> after)  results"]
+    for h in heals:
+        rank = f"r{h.lora.get('rank', '?')}"
+        evaluated = h.before is not None or h.after is not None
+        retained = _before_after(h, retained_text) if evaluated else "-"
+        results = _before_after(h, describe_eval) if evaluated else "not evaluated"
+        out.append(
+            f"         {h.step!s:<5} {rank:<5} {h.steps!s:<6} {_loss_text(h):<16} {retained:<27} {results}"
+        )
+    return out
 
 
 def _up_to(session: Session, k: int) -> Session:
@@ -180,6 +215,21 @@ def render_markdown(session: Session, step: int | None = None, source: str | Non
     if summary.evals:
         out += ["", "| step | retained | results |", "|---:|---:|---|"]
         out += [f"| {e.step} | {retained_text(e)} | {describe_eval(e)} |" for e in summary.evals]
+    heals = _heals_until(session, summary.step)
+    if heals:
+        out += [
+            "",
+            "| heal at step | LoRA | steps | loss | retained before -> after | results before | results after |",
+            "|---:|---|---:|---|---|---|---|",
+        ]
+        for h in heals:
+            before = describe_eval(h.before) if h.before is not None else "-"
+            after = describe_eval(h.after) if h.after is not None else "-"
+            retained = _before_after(h, retained_text) if h.before or h.after else "-"
+            out.append(
+                f"| {h.step} | rank {h.lora.get('rank', '?')} | {h.steps} | {_loss_text(h)} | {retained} "
+                f"| {before} | {after} |"
+            )
     return "\n".join(out) + "\n"
 
 

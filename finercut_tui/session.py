@@ -21,7 +21,7 @@ import yaml
 
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.records import CalibrationRecord, ModelRecord, Step, Undone
+from finercut_tui.domain.records import CalibrationRecord, HealRecord, ModelRecord, Step, Undone
 from finercut_tui.domain.spec import MethodRecord, SearchSpec
 from finercut_tui.errors import FinercutError, SessionError
 from finercut_tui.model.sublayers import parse_id
@@ -39,6 +39,7 @@ class Session:
     steps: list[Step] = field(default_factory=list)
     evals: list[EvalRecord] = field(default_factory=list)
     undone: list[Undone] = field(default_factory=list)
+    heals: list[HealRecord] = field(default_factory=list)  # `finercut-tui heal` runs, in order
     command: str | None = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     notes: str = ""
@@ -72,6 +73,7 @@ class Session:
         new = Session.from_yaml_dict(self.to_yaml_dict(), source=origin)
         new.steps = new.steps[:k]
         new.evals = new.evals_until(k)
+        new.heals = [h for h in new.heals if h.step <= k]
         new.undone = []
         new.finished = False
         new.notes = (new.notes + "\n" if new.notes else "") + f"continued from {origin} at step {k}"
@@ -93,6 +95,8 @@ class Session:
         }
         if self.undone:
             out["undone"] = [u.to_dict() for u in self.undone]
+        if self.heals:  # written only when there are any: older files round-trip byte for byte
+            out["heals"] = [h.to_dict() for h in self.heals]
         if self.notes:
             out["notes"] = self.notes
         return out
@@ -135,6 +139,7 @@ class Session:
                 steps=[Step.from_dict(s) for s in data.get("steps") or []],
                 evals=[EvalRecord.from_dict(e) for e in data.get("evals") or []],
                 undone=[Undone.from_dict(u) for u in data.get("undone") or []],
+                heals=[HealRecord.from_dict(h) for h in data.get("heals") or []],
                 command=data.get("command"),
                 created=str(data.get("created") or ""),
                 notes=str(data.get("notes") or ""),

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finercut_tui.domain.evals import EvalRecord
+
 
 def _require_mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -175,3 +177,94 @@ class Undone:
     def from_dict(cls, data: Any) -> Undone:
         data = _require_mapping(data, "undone")
         return cls(str(data["removed"]), str(data.get("by", "search")), int(data["undone_at_step"]))
+
+
+@dataclass(frozen=True)
+class HealRecord:
+    """One `finercut-tui heal`: a LoRA fine-tune of the model at `step`, merged and exported to `out`.
+
+    `before` / `after` are the evaluations (same request, so the same `what`) of the pruned model at
+    `step` without and with the heal, each with retained % against the unpruned baseline (the step-0
+    record of the session's `evals:` with that `what`). They live here and not in `evals:`, which holds
+    measurements of the search's own models only, so every reader of `evals:` stays as it was.
+    """
+
+    step: int
+    data: dict[str, Any] = field(default_factory=dict)  # source, format, examples, tokens, fingerprint
+    lora: dict[str, Any] = field(default_factory=dict)  # rank, alpha, dropout, modules, trainable
+    training: dict[str, Any] = field(default_factory=dict)  # lr, batch size, seq len, seed, dtype, ...
+    steps: int = 0  # optimizer steps
+    tokens: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None  # mean of the last 10% of the steps
+    seconds: float | None = None  # training time (summed over resumed runs)
+    out: str | None = None  # the merged export
+    adapter: str | None = None  # the adapter alone (peft folder)
+    resumed_from: int | None = None  # the checkpoint step a --resume continued from
+    command: str | None = None
+    created: str | None = None
+    before: EvalRecord | None = None
+    after: EvalRecord | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = (
+        "step",
+        "created",
+        "command",
+        "data",
+        "lora",
+        "training",
+        "steps",
+        "tokens",
+        "first_loss",
+        "final_loss",
+        "seconds",
+        "resumed_from",
+        "out",
+        "adapter",
+        "before",
+        "after",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step}
+        for key in self._KEYS[1:]:
+            value = getattr(self, key)
+            if value is None or (isinstance(value, dict) and not value):
+                continue
+            if isinstance(value, EvalRecord):
+                value = value.to_dict()
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[key] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HealRecord:
+        data = _require_mapping(data, "heal")
+        if "step" not in data:
+            raise ValueError(f"heal entry without a step {data!r}")
+
+        def _eval(key: str) -> EvalRecord | None:
+            return EvalRecord.from_dict(data[key]) if data.get(key) is not None else None
+
+        return cls(
+            step=int(data["step"]),
+            data=dict(data.get("data") or {}),
+            lora=dict(data.get("lora") or {}),
+            training=dict(data.get("training") or {}),
+            steps=int(data.get("steps") or 0),
+            tokens=data.get("tokens"),
+            first_loss=data.get("first_loss"),
+            final_loss=data.get("final_loss"),
+            seconds=data.get("seconds"),
+            out=data.get("out"),
+            adapter=data.get("adapter"),
+            resumed_from=data.get("resumed_from"),
+            command=data.get("command"),
+            created=data.get("created"),
+            before=_eval("before"),
+            after=_eval("after"),
+            extra=_extra(data, cls._KEYS),
+        )

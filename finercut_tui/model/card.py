@@ -8,6 +8,7 @@ the parameters and KV cache saved, and the evals recorded in the session (format
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finercut_tui.domain.evals import describe_eval, fmt_value, retained_text
@@ -28,8 +29,10 @@ def model_card(
     session_path=None,
     step: int | None = None,
     order: Sequence[str] = (),
+    healing=None,
 ) -> str:
-    """PRUNING.md: what was removed from which model, how it was chosen, what it cost and saved."""
+    """PRUNING.md: what was removed from which model, how it was chosen, what it cost and saved;
+    `healing` (a `HealRecord`) adds what fine-tune the weights had after pruning."""
     sections = [
         _header(result, source_model, architecture, session, session_path, step),
         ["## How to load", "", *_how_to_load(result)],
@@ -38,6 +41,8 @@ def model_card(
         ["## KV cache", "", *_kv_cache(result)],
         ["## Evals recorded in the session", "", *_evals(session)],
     ]
+    if healing is not None:
+        sections.insert(1, ["## Healing", "", *_healing(healing)])
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
@@ -139,3 +144,38 @@ def _evals(session) -> list[str]:
     return [f"- step {e.step}: {describe_eval(e)}; retained {retained_text(e)}" for e in evals] or [
         "(none recorded)"
     ]
+
+
+def _healing(heal) -> list[str]:
+    """What the LoRA heal did (a `HealRecord`): the weights here are the pruned ones plus its deltas."""
+    data, lora, train = heal.data, heal.lora, heal.training
+    length = f"{heal.steps} steps" + (f" ({train['epochs']} epochs)" if train.get("epochs") else "")
+    lines = [
+        "After pruning, the kept sublayers were fine-tuned with LoRA and the deltas merged into their "
+        "weights (removed sublayers have no weights and got no adapter). The adapter alone is in "
+        f"`{Path(heal.adapter).name if heal.adapter else 'adapter'}/` (peft; module names of the source "
+        "model with this step's removals applied).",
+        "",
+        f"- LoRA: rank {lora.get('rank')}, alpha {fmt_value(lora.get('alpha'))}, dropout "
+        f"{fmt_value(lora.get('dropout'))}, on {lora.get('modules')} linear layers "
+        f"({lora.get('trainable_parameters', 0):,} trainable parameters)",
+        f"- data: `{data.get('source')}` ({data.get('format')}; {data.get('examples')} examples, "
+        f"{data.get('tokens', 0):,} tokens; fingerprint `{str(data.get('fingerprint', ''))[:23]}...`)",
+        f"- training: {length}, lr {fmt_value(train.get('lr'))}, batch {train.get('batch_size')} x "
+        f"{train.get('grad_accum')} accumulation, seq len {train.get('seq_len')}, seed {train.get('seed')}, "
+        f"{train.get('dtype')} on {train.get('device')}",
+    ]
+    if heal.first_loss is not None:
+        lines.append(
+            f"- loss: {heal.first_loss:.4f} (first step) -> {heal.final_loss:.4f} (last 10% of steps); "
+            f"{heal.seconds:.0f} s"
+        )
+    if heal.before is not None and heal.after is not None:
+        lines += [
+            "",
+            "| | results | retained |",
+            "|---|---|---:|",
+            f"| before healing | {describe_eval(heal.before)} | {retained_text(heal.before)} |",
+            f"| after healing | {describe_eval(heal.after)} | {retained_text(heal.after)} |",
+        ]
+    return lines
