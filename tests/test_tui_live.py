@@ -178,16 +178,11 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         # space: resume until the target; the pin is respected
         await pilot.press("space")
         await wait_for(pilot, lambda: app.map.finished is not None, "the search to finish")
-        await wait_for(pilot, lambda: not app.search_running, "the worker to end")
+        await wait_for(pilot, lambda: on_disk(job).finished, "the finished session")
         final = on_disk(job)
         assert final.finished and len(final.steps) == 3
         assert best_next not in final.removed_at()
         assert app.workbench.state() == "finished"
-
-        # the search has ended: the keys that steer it say why they do nothing
-        said = record_notifications(app)
-        await pilot.press("n", "space")
-        assert len(said) == 2 and all("the search has ended (target reached)" in line for line in said)
 
         # q: quits (saves)
         await pilot.press("q")
@@ -229,7 +224,7 @@ async def test_quit_mid_search_returns_within_one_candidate(tmp_path, loaded):
     resumed = make_job(tmp_path, loaded, target="all", resume=True)
     app = WorkbenchApp(resumed.session, resumed.session_path, job=resumed)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: not app.search_running and app.map.finished, "the resumed search")
+        await wait_for(pilot, lambda: app.map.finished, "the resumed search")
         assert [r.unit for r in app.map.removals[: len(done)]] == done
         await pilot.press("q")
     final = on_disk(resumed)
@@ -303,7 +298,7 @@ async def test_replay_continue_from_a_step_resumes_in_a_new_session(tmp_path, lo
         )
         assert app.workbench.error is None, app.workbench.error
         await wait_for(pilot, lambda: app.map.finished is not None, "the continued search")
-        await wait_for(pilot, lambda: not app.search_running, "the worker to end")
+        await wait_for(pilot, lambda: Session.load(new_path).finished, "the continued session")
         log = app.workbench.log_history()
         assert any(line.startswith("wrote ") for line in log)  # the replay's log goes on in the live screen
         assert any("model loaded: continuing s-from-1.yaml" in line for line in log)
@@ -342,7 +337,7 @@ class BlockingJob:
         self.loaded = None
         self.saves = 0
 
-    def events(self):
+    def events(self, serve: bool = False):
         from finercut_tui.search import events as E
 
         yield E.SearchStarted("finercut", "js", 8, 4, "sublayer", tuple(self.session.removed_at()), ())
@@ -376,3 +371,101 @@ async def test_quit_asks_only_while_an_evaluation_runs(tmp_path):
         await wait_for(pilot, lambda: not app.is_running, "the app to exit")
     assert job.controller.cancelled and job.saves >= 1
     assert Session.load(job.session_path).removed_at() == job.session.removed_at()
+
+
+@run_async
+async def test_a_finished_search_stays_a_workbench(tmp_path, loaded):
+    """After the target: u, x, p, e and n act on the model and the session as mid-run, space searches
+    on to a typed target, and a resumed finished session behaves the same."""
+    from textual.widgets import Input
+
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.grid import LayerGrid
+    from finercut_tui.tui.screens import EvalScreen, TargetScreen
+
+    job = make_job(tmp_path, loaded, target="2")
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(100, 30)) as pilot:
+        grid = app.query_one(LayerGrid)
+        await wait_for(pilot, lambda: app.workbench.state() == "finished", "the target")
+        first, second = on_disk(job).removed_at()
+
+        # u: the last removal comes back (the session is below its target again)
+        await pilot.press("u")
+        await wait_for(pilot, lambda: on_disk(job).removed_at() == [first], "the undo")
+        assert not on_disk(job).finished and [u.removed for u in on_disk(job).undone] == [second]
+
+        # p on the restored sublayer: pinned in the session
+        grid.move_cursor(*_grid_pos(second))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: second in on_disk(job).pinned, "the pin")
+
+        # x on another kept sublayer: removed by hand
+        other = next(s for s in ("3.mlp", "2.mlp", "1.mlp", "0.mlp") if s not in (first, second))
+        grid.move_cursor(*_grid_pos(other))
+        await pilot.press("x")
+        await wait_for(pilot, lambda: len(on_disk(job).steps) == 2, "the manual removal")
+        assert on_disk(job).steps[1].removed == other and on_disk(job).steps[1].by == "manual"
+
+        # e: evaluates the current model
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+        app.screen.query_one("#ppl", Input).value = ENGLISH
+        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
+        app.screen.query_one("#ppl", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(e.step == 2 for e in on_disk(job).evals), "the evaluation")
+
+        # n: one more removal by the search, the target raised and recorded
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(on_disk(job).steps) == 3 and on_disk(job).finished, "one more")
+        saved = on_disk(job)
+        assert saved.steps[2].by == "search" and saved.method.target == 3 and second not in saved.removed_at()
+
+        # space: asks for a target, then searches on to it
+        await pilot.press("space")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), "the target dialog")
+        app.screen.query_one("#target", Input).value = "5"
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: len(on_disk(job).steps) == 5 and on_disk(job).finished, "the new target"
+        )
+        assert on_disk(job).method.target == 5
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+    done = on_disk(job).removed_at()
+
+    # the same session opened again with --resume: finished, and still a workbench
+    resumed = make_job(tmp_path, loaded, target="5", resume=True)
+    app = WorkbenchApp(resumed.session, resumed.session_path, job=resumed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.workbench.state() == "finished", "the resumed session")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(on_disk(resumed).steps) == 6, "a removal after resume")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+    assert on_disk(resumed).removed_at()[:5] == done
+
+
+def test_leaving_the_app_any_way_ends_the_serving_search(tmp_path, loaded):
+    """After its target the search thread serves commands; an exit that skips q must still end it
+    (else the app never exits: the test runs it in a daemon thread to fail instead of hanging)."""
+    import threading
+
+    from finercut_tui.tui.app import WorkbenchApp
+
+    job = make_job(tmp_path, loaded, target="1")
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    seen = {}
+
+    async def body():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.workbench.state() == "finished", "the target")
+            seen["serving"] = app.search_running and not job.controller.cancelled
+            app.exit(0)  # not through q
+
+    runner = threading.Thread(target=lambda: asyncio.run(body()), daemon=True)
+    runner.start()
+    runner.join(timeout=180)
+    assert not runner.is_alive(), "the app did not exit: the serving search thread was never cancelled"
+    assert seen["serving"] and job.controller.cancelled

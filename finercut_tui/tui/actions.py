@@ -54,9 +54,13 @@ _BOTH = frozenset({LIVE, REPLAY})
 ACTIONS: tuple[Action, ...] = (
     Action(
         "toggle_pause", "space", "Pause", "Pause / resume",
-        "pause the search after the current candidate, or resume it", _LIVE, key_display="space",
+        "pause the search after the current candidate, or resume it; once finished, search on to a new target",
+        _LIVE, key_display="space",
     ),
-    Action("step_once", "n", "Step", "Step one removal", "run until the next removal, then pause", _LIVE),
+    Action(
+        "step_once", "n", "Step", "Step one removal",
+        "run until the next removal, then pause; once finished, remove one more", _LIVE,
+    ),
     Action(
         "pin", "p", "Pin", "Pin / unpin cell",
         "pin the cell under the cursor (never removed), or unpin it", _LIVE,

@@ -24,7 +24,7 @@ from finercut_tui.search import events as E
 from finercut_tui.session import Session
 from finercut_tui.tui import actions, host
 from finercut_tui.tui.inbox import WorkerFailed, one_line
-from finercut_tui.tui.screens import ConfirmScreen, EvalForm, EvalScreen
+from finercut_tui.tui.screens import ConfirmScreen, EvalForm, EvalScreen, TargetScreen
 from finercut_tui.tui.workbench import WorkbenchScreen
 
 ENDED = (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED)
@@ -81,7 +81,7 @@ class LiveScreen(WorkbenchScreen):
     def _run_search(self) -> None:
         """Iterate the job's events in this thread; every event is already saved in the session."""
         try:
-            for event in self.job.events():
+            for event in self.job.events(serve=True):  # after the target the model stays a workbench
                 self.inbox.put(event)
         except Exception as exc:  # noqa: BLE001 - shown in the app as one line; the session is intact
             self.inbox.put(WorkerFailed(one_line(exc)))
@@ -176,7 +176,13 @@ class LiveScreen(WorkbenchScreen):
                 why = FINISH_REASONS.get(self.map.finished, self.map.finished)
                 return f"the search has ended ({why}): `finercut-tui replay` continues from any step"
             return "the search is not running"
+        if self.map.evaluating and self.map.finished:
+            return "an evaluation is running: wait for its result"
         return None
+
+    def finished(self) -> bool:
+        """The search reached its target (or ran out) and the model waits for the user."""
+        return self.search_alive and self.map.finished in ("target", "exhausted")
 
     why_not_toggle_pause = why_not_step_once = why_not_evaluate = no_search
 
@@ -206,11 +212,37 @@ class LiveScreen(WorkbenchScreen):
 
     # -- actions ---------------------------------------------------------------------------------------
     def action_toggle_pause(self) -> None:
+        if self.finished():
+            question = f"Search on to which target? ({self.map.progress()} {self.map.info.noun} removed now)"
+            self.app.push_screen(TargetScreen(question, str(self.map.progress() + 1)), self._search_on)
+            return
         paused = self.job.controller.toggle_pause()
         self.log_line("pausing after the current candidate" if paused else "resuming")
         self.changed()
 
+    def _search_on(self, text: str | None) -> None:
+        if text is None:
+            return
+        spec = self.session.spec
+        try:
+            target = spec.info.resolve_target(text, self.map.num_blocks, self.map.pins)
+        except FinercutError as exc:
+            self.notify(str(exc), title="cannot search on", severity="error")
+            return
+        if target <= self.map.progress():
+            self.notify(
+                f"{target} {spec.info.noun} are removed already: give more than {self.map.progress()}",
+                title="cannot search on",
+                severity="warning",
+            )
+            return
+        self.job.controller.extend(target)
+        self.log_line(f"searching on to {target} {spec.info.noun}")
+
     def action_step_once(self) -> None:
+        if self.finished():
+            self._search_on(str(self.map.progress() + 1))
+            return
         self.job.controller.step()
         self.log_line("stepping: pause after the next removal")
         self.changed()
@@ -273,6 +305,11 @@ class LiveScreen(WorkbenchScreen):
         self.changed()
         if not self.search_alive:
             self._finish_quit()
+
+    def on_unmount(self) -> None:
+        """However the app ends, the search thread (which serves until cancelled) must end too."""
+        if self.job is not None:
+            self.job.controller.cancel()
 
     def _finish_quit(self) -> None:
         if self.job is not None:

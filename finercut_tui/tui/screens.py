@@ -99,6 +99,30 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(answer)
 
 
+class TargetScreen(ModalScreen[str | None]):
+    """Ask how far to search on: a count N, a fraction 0<F<1, or 'all'; None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, default: str) -> None:
+        super().__init__()
+        self.question, self.default = question, default
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box", classes="dialog"):
+            yield Static(self.question, id="confirm-question")
+            yield Input(self.default, placeholder="N, a fraction 0<F<1, or all", id="target", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#target", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 @dataclass
 class EvalForm:
     """What the evaluate-now dialog asks for (plain strings as typed; validated by EvalRequest)."""
