@@ -98,6 +98,7 @@ def _args(**kw):
         tasks=None,
         pin=[],
     )
+    base["distance_dtype"] = None
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -106,7 +107,11 @@ def test_presets_set_what_the_papers_ran_and_explicit_options_win():
     from finercut_tui.commands.run import setup_from_args
 
     setup = setup_from_args(_args(reproduce="finercut"))
-    assert (setup.spec.method, setup.spec.metric) == ("finercut", "js-ref")
+    assert (setup.spec.method, setup.spec.metric, setup.spec.distance_dtype) == (
+        "finercut",
+        "js-ref",
+        "model",
+    )
     cal = setup.calibration
     assert (cal.source, cal.samples, cal.seq_len, cal.layout) == ("wikitext2", 10, 256, "finercut")
     assert setup_from_args(_args(reproduce="finercut", calib_samples=4, metric="js")).calibration.samples == 4
@@ -156,3 +161,38 @@ def test_the_layout_is_recorded_and_a_resume_on_another_layout_is_refused(tmp_pa
     assert (tmp_path / "b.yaml").read_bytes() == before
     assert main([*common, "--target", "2", "--session", str(tmp_path / "b.yaml"), "--resume"]) == 0
     assert len(Session.load(tmp_path / "b.yaml").steps) == 2
+
+
+def test_distance_in_the_model_dtype(monkeypatch):
+    import torch
+    from reference import js_by_hand
+    from tiny_models import tiny_model
+
+    from finercut_tui.model.surgery import PrunableModel
+    from finercut_tui.search import metrics
+    from finercut_tui.search.scoring import Scorer
+
+    # the metric computes in the dtype it is given: bf16 maths, close to the float64 value
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(2, 6, 50, generator=g), torch.randn(2, 6, 50, generator=g)
+    got = metrics.js(metrics.prepare_reference(p.bfloat16(), "js"), q.bfloat16(), None)
+    assert got.dtype == torch.bfloat16 and got.double().mean().item() == pytest.approx(
+        js_by_hand(p, q), rel=0.05
+    )
+    # the scorer hands the metric the logits in the distance dtype
+    seen = []
+    real = metrics.METRICS["js"]
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    pm = PrunableModel(tiny_model("llama").to(torch.bfloat16))
+    for dtype, want in ((torch.float32, torch.float32), (None, torch.bfloat16)):
+        scorer = Scorer(pm, ids, metric="js", distance_dtype=dtype)
+        scorer.metric = lambda ref, out, ids_, real=real: (
+            seen.append((ref.p.dtype, out.dtype)) or real(ref, out, ids_)
+        )
+        scorer.score("1.mlp")
+        assert set(seen) == {(want, want)}
+        seen.clear()
+    assert SearchSpec(distance_dtype="model").record_fields()["distance_dtype"] == "model"
+    assert "distance_dtype" not in SearchSpec().record_fields()  # the default leaves old files as they are
+    with pytest.raises(FinercutError, match="unknown --distance-dtype"):
+        SearchSpec(distance_dtype="fp8").validate()

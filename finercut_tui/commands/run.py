@@ -17,7 +17,7 @@ from finercut_tui.domain import methods as M
 from finercut_tui.domain.presets import PRESETS
 from finercut_tui.domain.progress import SearchProgress
 from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
-from finercut_tui.domain.spec import PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
+from finercut_tui.domain.spec import DISTANCE_DTYPES, PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
 from finercut_tui.domain.text import clock, describe_event
 from finercut_tui.search.events import CandidateScored, SearchFinished
 
@@ -39,6 +39,13 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         "--metric",
         default=None,
         help=f"FinerCut distance: {', '.join(M.METRIC_NAMES)} (default {DEFAULT.metric})",
+    )
+    s.add_argument(
+        "--distance-dtype",
+        default=None,
+        choices=DISTANCE_DTYPES,
+        help="FinerCut: compute the distance in float32 (default) or in the model's dtype (as the "
+        "reference code does; for reproducing bf16 runs)",
     )
     s.add_argument(
         "--iterative",
@@ -165,6 +172,7 @@ def setup_from_args(args):
         method=args.method,
         target=args.target,
         metric=args.metric,
+        distance_dtype=args.distance_dtype,
         iterative=args.iterative,
         exclude_front=args.exclude_front,
         block_metric=args.block_metric,

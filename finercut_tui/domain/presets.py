@@ -29,9 +29,10 @@ PRESETS = {
     for p in (
         Preset(
             "finercut",
-            "FinerCut (llm_dissect): js-ref distance, WikiText-2 train as one stream, 10 x 256 tokens",
+            "FinerCut (llm_dissect): js-ref distance in the model's dtype, WikiText-2 train as one stream, "
+            "10 x 256 tokens",
             CalibrationSpec("wikitext2", 10, 256, "finercut"),
-            spec={"metric": "js-ref"},
+            spec={"metric": "js-ref", "distance_dtype": "model"},
             methods=("finercut",),
         ),
         Preset(

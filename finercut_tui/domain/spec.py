@@ -27,7 +27,8 @@ from finercut_tui.errors import FinercutError
 
 PREFIX_CACHE_CHOICES = ("gpu", "cpu", "off")
 # the fields of the `method:` record that decide the order: a resume may not change them
-_DEFINING = ("metric", "exclude_front", "exclude_front_rule", "iterative", "block_metric")
+_DEFINING = ("metric", "distance_dtype", "exclude_front", "exclude_front_rule", "iterative", "block_metric")
+DISTANCE_DTYPES = ("float32", "model")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SearchSpec:
     front_rule: str = "reference"  # how -x is applied: see domain.methods.front_held_blocks
     block_metric: str = "cosine"  # block units: cosine, or angular-gap (one contiguous run)
     seed: int = 0
+    distance_dtype: str = "float32"  # distance methods: float32, or "model" (the model's dtype)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", str(self.target))
@@ -66,6 +68,10 @@ class SearchSpec:
             raise FinercutError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRIC_NAMES)}")
         if self.exclude_front is not None and not 0.0 <= self.exclude_front < 1.0:
             raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
+        if self.distance_dtype not in DISTANCE_DTYPES:
+            raise FinercutError(
+                f"unknown --distance-dtype {self.distance_dtype!r}: choose {', '.join(DISTANCE_DTYPES)}"
+            )
         if self.front_rule not in FRONT_RULES:
             raise FinercutError(f"unknown front-exclusion rule {self.front_rule!r}: {', '.join(FRONT_RULES)}")
         if self.block_metric not in BLOCK_METRICS:
@@ -98,6 +104,8 @@ class SearchSpec:
         info = self.info
         if info.scoring == "distance":
             out = {"metric": self.metric, "exclude_front": self.exclude_front, "iterative": True}
+            if self.distance_dtype != "float32":
+                out["distance_dtype"] = self.distance_dtype
             if self.exclude_front is not None and self.front_rule != "halved":
                 out["exclude_front_rule"] = self.front_rule  # files without it used the halved rule
             return out
@@ -186,6 +194,7 @@ class MethodRecord:
         "metric",
         "exclude_front",
         "exclude_front_rule",
+        "distance_dtype",
         "iterative",
         "block_metric",
         "seed",
@@ -216,6 +225,7 @@ class MethodRecord:
             iterative=bool(data.get("iterative", default.iterative)),
             exclude_front=None if data.get("exclude_front") is None else float(data["exclude_front"]),
             front_rule=str(data.get("exclude_front_rule", "halved")),
+            distance_dtype=str(data.get("distance_dtype", default.distance_dtype)),
             block_metric=str(data.get("block_metric", default.block_metric)),
             seed=int(data.get("seed", default.seed) or 0),
         )

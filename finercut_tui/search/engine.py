@@ -95,6 +95,7 @@ class SearchEngine:
                 batch_size=scoring.batch_size,
                 prefix_cache=scoring.prefix_cache,
                 log=self._log.append,
+                distance_dtype=torch.float32 if spec.distance_dtype == "float32" else None,
             )
         pm.set_removed(expand(self.order))
 

@@ -3,7 +3,8 @@
 Each metric maps a `Reference` (the original model's logits for some samples, with the
 quantities the metric needs computed once per session) and the pruned logits of the same samples,
 shape (B, T, V), to per-token values of shape (B, T'); the score is their mean over every token of
-every sample. All maths in fp32; 0 log 0 = 0 (logs are clamped at the smallest normal float). Adding a metric is one decorated function.
+every sample. The maths runs in the dtype of the logits it is given (the scorer casts them to the
+distance dtype, fp32 by default); 0 log 0 = 0 (logs are clamped at the smallest normal float). Adding a metric is one decorated function.
 """
 
 from __future__ import annotations
@@ -64,14 +65,14 @@ def prepare_reference(logits: torch.Tensor, metric: str) -> Reference:
     """Compute once what `metric` needs from the original model's logits."""
     ref = Reference(logits)
     if NEEDS_PROBS.get(metric):
-        log_p = F.log_softmax(logits.float(), -1)
+        log_p = F.log_softmax(logits, -1)
         ref.p = log_p.exp()
         ref.log_p = log_p.clamp_min_(LOG_TINY)
     return ref
 
 
 def _log_probs(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    log_q = F.log_softmax(out.float(), -1)
+    log_q = F.log_softmax(out, -1)
     q = log_q.exp()
     return log_q.clamp_min_(LOG_TINY), q
 
@@ -116,8 +117,8 @@ def angular(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
     Computed as 2 atan2(|a - b|, |a + b|) of the unit vectors, which stays accurate near 0 where
     fp32 arccos has a floor of ~5e-4 rad.
     """
-    a = F.normalize(ref.logits.float(), dim=-1)
-    b = F.normalize(out.float(), dim=-1)
+    a = F.normalize(ref.logits, dim=-1)
+    b = F.normalize(out, dim=-1)
     angle = 2 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1))
     return angle.clamp(max=torch.pi / 2)
 
@@ -125,11 +126,11 @@ def angular(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
 @register("l2", needs_probs=False)
 def l2(ref: Reference, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """L2 norm of the logit difference per token."""
-    return (ref.logits.float() - out.float()).norm(dim=-1)
+    return (ref.logits - out).norm(dim=-1)
 
 
 @register("nll", needs_reference=False, token_local=False)
 def nll(ref: Reference | None, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Next-token negative log-likelihood of the pruned model (SLEB-style); ignores the reference."""
-    logits = out[:, :-1].float()
+    logits = out[:, :-1]
     return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(logits.device), reduction="none")

@@ -104,8 +104,12 @@ class Scorer:
         batch_size: int | None = None,
         prefix_cache: str = "gpu",
         log: Callable[[str], None] = lambda message: None,
+        distance_dtype: torch.dtype | None = torch.float32,
     ):
+        """`distance_dtype`: the dtype the distance is computed in (None: the model's own, as
+        FinerCut's reference code does for bf16 runs)."""
         self.pm = pm
+        self.distance_dtype = distance_dtype or pm.model.dtype
         self.metric_name = metric
         self.metric = get_metric(metric)
         self.input_ids = input_ids.to(pm.input_device)
@@ -165,7 +169,9 @@ class Scorer:
         try:
             with torch.inference_mode():
                 self._reference = [
-                    prepare_reference(self._forward(self.input_ids[b]), self.metric_name)
+                    prepare_reference(
+                        self._forward(self.input_ids[b]).to(self.distance_dtype), self.metric_name
+                    )
                     for b in self._batches()
                 ]
         finally:
@@ -239,11 +245,6 @@ class Scorer:
         with self.pm.removed_also(sid):
             return self._with_oom_fallback(lambda: self._score_current(split_id(sid)[0]))
 
-    def score_current(self) -> float:
-        """Distance of the current pruned model itself (no extra removal)."""
-        self.reference()
-        return self._with_oom_fallback(lambda: self._score_current(0))
-
     def _score_current(self, first_block: int) -> float:
         reference = (
             self.reference()
@@ -255,7 +256,8 @@ class Scorer:
                 logits = self._run_from(first_block, i, ids)
                 for r0, r1, t0, t1 in self._chunks(logits):
                     ref = reference[i].rows(r0, r1).tokens(t0, t1) if reference else None
-                    values = self.metric(ref, logits[r0:r1, t0:t1], ids[r0:r1, t0:t1])
+                    out = logits[r0:r1, t0:t1].to(self.distance_dtype)
+                    values = self.metric(ref, out, ids[r0:r1, t0:t1])
                     part = values.double().sum()
                     total = part if total is None else total + part.to(total.device)
                     count += values.numel()
