@@ -184,13 +184,15 @@ def test_default_layout_is_per_row_bos_and_is_not_recorded(tmp_path):
     default = build_calibration(tiny_tokenizer(), str(path), samples=2, seq_len=10)
     explicit = build_calibration(tiny_tokenizer(), str(path), samples=2, seq_len=10, layout="per-row-bos")
     assert LAYOUTS[0] == DEFAULT_LAYOUT == default.layout == "per-row-bos"
-    assert default.spec() == explicit.spec()
-    assert list(default.spec()) == [
+    assert default.record().to_dict() == explicit.record().to_dict()
+    assert list(default.record().to_dict()) == [
         "source", "split", "samples", "seq_len", "bos", "fingerprint", "text_sha256",
     ]  # fmt: skip
     other = build_calibration(tiny_tokenizer(), str(path), samples=2, seq_len=10, layout="finercut")
-    assert other.spec()["layout"] == "finercut"
-    assert other.spec()["text_sha256"] == default.spec()["text_sha256"]  # the same text
+    assert other.record().to_dict()["layout"] == "finercut"
+    assert (
+        other.record().to_dict()["text_sha256"] == default.record().to_dict()["text_sha256"]
+    )  # the same text
     assert other.fingerprint != default.fingerprint  # but other tokens
 
 

@@ -49,6 +49,20 @@ def model_spec(args: argparse.Namespace):
     )
 
 
+def write_output(text: str, out: str | None) -> None:
+    """A report to the file `out` (folders made as needed), or to standard output."""
+    import sys
+    from pathlib import Path
+
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def progress_printer(quiet: bool = False):
     import sys
 

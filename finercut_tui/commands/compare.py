@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 FORMATS = ("text", "markdown", "svg")
 
@@ -38,12 +36,7 @@ def render(paths: list[str], fmt: str = "text") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    text = render(args.sessions, args.format)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    from finercut_tui.commands.common import write_output
+
+    write_output(render(args.sessions, args.format), args.out)
     return 0

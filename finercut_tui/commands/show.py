@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 FORMATS = ("text", "markdown", "svg", "curves-svg")
@@ -50,12 +49,7 @@ def render(session_path: str | Path, fmt: str = "text", step: int | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
-    text = render(args.session, args.format, args.step)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    from finercut_tui.commands.common import write_output
+
+    write_output(render(args.session, args.format, args.step), args.out)
     return 0

@@ -3,7 +3,7 @@
 API (for the CLI, the session and presets): `build_calibration(tokenizer, source, samples, seq_len,
 layout)` -> `Calibration`; `LAYOUTS` (the valid names, the default first), `DEFAULT_LAYOUT`, and
 `check_layout(name)`, which returns the name or raises a one-line FinercutError listing the valid
-ones. `Calibration.layout` holds the layout; `Calibration.spec()` records it under "layout" only
+ones. `Calibration.layout` holds the layout; `Calibration.record()` records it under "layout" only
 when it is not the default, so sessions written before layouts existed stay byte-identical.
 
 Layouts (`source` is as `data/sources.py` reads it; its rows, for the two reference layouts, are
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from finercut_tui.data.sources import load_text
-from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
+from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS, CalibrationRecord
 from finercut_tui.errors import FinercutError
 
 
@@ -64,20 +64,18 @@ class Calibration:
     def seq_len(self) -> int:
         return int(self.input_ids.shape[1])
 
-    def spec(self) -> dict:
-        """What the session records ("layout" only when it is not the default)."""
-        spec = {
-            "source": self.source,
-            "split": self.split,
-            "samples": self.samples,
-            "seq_len": self.seq_len,
-            "bos": self.bos,
-            "fingerprint": self.fingerprint,
-        }
-        if self.layout != DEFAULT_LAYOUT:
-            spec["layout"] = self.layout
-        spec["text_sha256"] = self.text_sha256
-        return spec
+    def record(self) -> CalibrationRecord:
+        """What the session records (its `to_dict` writes "layout" only when it is not the default)."""
+        return CalibrationRecord(
+            source=self.source,
+            samples=self.samples,
+            seq_len=self.seq_len,
+            split=self.split,
+            bos=self.bos,
+            fingerprint=self.fingerprint,
+            text_sha256=self.text_sha256 or None,
+            layout=self.layout,
+        )
 
 
 def check_layout(layout: str) -> str:

@@ -19,7 +19,7 @@ import torch
 from finercut_tui.data.calibration import Calibration, build_calibration
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.records import CalibrationRecord, ModelRecord, Step, Undone
+from finercut_tui.domain.records import ModelRecord, Step, Undone
 from finercut_tui.domain.spec import CalibrationSpec, MethodRecord, ScoringOptions, SearchSetup
 from finercut_tui.errors import FinercutError, SessionError
 from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
@@ -173,7 +173,7 @@ def prepare_job(
     cal = setup.calibration
     progress(f"calibration: {cal.describe()}")
     calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len, cal.layout)
-    cal_record = CalibrationRecord.from_dict(calibration.spec())
+    cal_record = calibration.record()
     if existing is not None:
         check_matches(
             existing,
