@@ -326,3 +326,27 @@ class LayerMap:
         if k == len(steps) and session.finished:
             m.finished = "target"
         return m
+
+
+# -- two sessions laid over each other (replay's overlay) ----------------------------------------------
+@dataclass(frozen=True)
+class Difference:
+    """A sublayer removed by one of two sessions of the same model and kept by the other, at step k."""
+
+    sid: str
+    here: bool  # True: removed by this session, kept by the other; False: the other way round
+    step: int  # the step of the session that removed it
+
+
+def overlay_differences(here: Session, there: Session, k: int) -> dict[str, Difference]:
+    """Where the removed sets of two sessions differ after k removals each (a session shorter than k
+    counts all its removals); whole-block removals count as both sublayers, as in `compare`."""
+    from finercut_tui.compare import removed_set
+
+    def removed_step(session: Session, sid: str) -> int:
+        return next(i for i, s in enumerate(session.steps, 1) if sid in expand([s.removed]))
+
+    a, b = removed_set(here, k), removed_set(there, k)
+    out = {sid: Difference(sid, True, removed_step(here, sid)) for sid in a - b}
+    out.update({sid: Difference(sid, False, removed_step(there, sid)) for sid in b - a})
+    return dict(sorted(out.items(), key=lambda item: sort_key(item[0])))

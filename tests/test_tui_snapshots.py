@@ -4,8 +4,12 @@ looking at the SVGs (a failing run writes a side-by-side report)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from data.sessions_fixture import live_script, session_30, session_80
 
+from finercut_tui.session import Session
 from finercut_tui.tui.app import WorkbenchApp
 
 
@@ -35,3 +39,31 @@ def test_no_color_mode_reads_from_glyphs(snap_compare, monkeypatch):
     app = live_30_blocks()
     assert app.no_color
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+# -- the recorded SmolLM2-135M sessions: FinerCut with joint drop laid over it, and the curves ---------
+REPO = Path(__file__).parent.parent
+FINERCUT = "sessions/smollm2-finercut-all.yaml"  # relative, as the screen shows them
+JOINT = "sessions/smollm2-joint-drop.yaml"
+
+
+def finercut_replay(monkeypatch, step: int = 10) -> WorkbenchApp:
+    monkeypatch.chdir(REPO)
+    return WorkbenchApp(Session.load(FINERCUT), FINERCUT, replay_step=step)
+
+
+async def overlay_joint_drop(pilot) -> None:
+    assert pilot.app.workbench.set_overlay(JOINT)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_replay_overlay_marks_where_joint_drop_differs(snap_compare, monkeypatch, size):
+    app = finercut_replay(monkeypatch)
+    assert snap_compare(app, run_before=overlay_joint_drop, terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_curves_in_the_side_panel(snap_compare, monkeypatch, size):
+    app = finercut_replay(monkeypatch, step=20)
+    assert snap_compare(app, press=["g"], terminal_size=size)

@@ -96,6 +96,16 @@ ACTIONS: tuple[Action, ...] = (
         "continue the search from the shown step in a new session (loads the model)", _REPLAY,
     ),
     Action(
+        "overlay", "o", "Overlay", "Overlay another session",
+        "lay a second session of the same model over this one: the grid marks the cells where the two "
+        "differ at the shown step (o again clears it)", _REPLAY, footer=False,
+    ),
+    Action(
+        "toggle_curves", "g", "Curves", "Curves / ranking",
+        "side panel: the ranking, then the curves (retained %, evaluation results, winning score per "
+        "step against removals), then the ranking again", _BOTH, footer=False,
+    ),
+    Action(
         "quit", "q", "Quit", "",  # the palette has Textual's own Quit, which lands here too
         "quit; a live search is saved and stops after the current candidate", _BOTH,
     ),

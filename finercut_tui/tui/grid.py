@@ -19,10 +19,12 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from finercut_tui.layer_map import LEVELS, Cell, CellState, LayerMap
+from finercut_tui.layer_map import LEVELS, Cell, CellState, Difference, LayerMap
 from finercut_tui.model.sublayers import KINDS
 
 CELL_WIDTH = 4
+ONLY_HERE = "≠"  # overlay: removed here, kept by the other session (after the "×k")
+ONLY_THERE = "⊘"  # overlay: kept here, removed by the other session (before its step)
 COLUMN_GAP = "│ "  # each column of blocks ends with a space, where the cursor's "]" can go
 
 STATE_CLASS = {
@@ -46,6 +48,8 @@ class LayerGrid(ScrollView, can_focus=True):
         "layer-grid--cursor",
         "layer-grid--cursor-bracket",
         "layer-grid--removed-manual",
+        "layer-grid--only-here",
+        "layer-grid--only-there",
         *STATE_CLASS.values(),
         *(f"layer-grid--score-{i}" for i in range(LEVELS)),
     }
@@ -79,6 +83,13 @@ class LayerGrid(ScrollView, can_focus=True):
         self.cursor_kind = 0  # index into KINDS
         self.rows = layer_map.num_blocks
         self.columns = 1
+        self.overlay: dict[str, Difference] = {}  # replay: where another session differs
+
+    def set_overlay(self, differences: dict[str, Difference]) -> None:
+        """Mark the sublayers whose removed/kept state differs in another session ({} clears)."""
+        if differences != self.overlay:
+            self.overlay = dict(differences)
+            self.refresh()
 
     # -- geometry --------------------------------------------------------------------------------------
     @property
@@ -226,6 +237,23 @@ class LayerGrid(ScrollView, can_focus=True):
             name = STATE_CLASS[cell.state]
         return self.get_component_rich_style(name)
 
+    def overlay_style(self, here: bool) -> Style:
+        return self.get_component_rich_style("layer-grid--only-here" if here else "layer-grid--only-there")
+
+    @staticmethod
+    def overlay_text(difference: Difference, width: int = CELL_WIDTH) -> str:
+        """`×7≠`: removed here at step 7, kept there; `⊘7`: kept here, removed there at step 7."""
+        if difference.here:
+            body = f"×{difference.step}"
+            if len(body) > width - 1:
+                body = "×" + "+" * (width - 2)
+            body = body.ljust(width - 1) + ONLY_HERE
+        else:
+            body = f"{ONLY_THERE}{difference.step}"
+            if len(body) > width:
+                body = ONLY_THERE + "+" * (width - 1)
+        return body.ljust(width)
+
     def _heading(self) -> list[Segment]:
         style = self.get_component_rich_style("layer-grid--header")
         sep = self.get_component_rich_style("layer-grid--separator")
@@ -261,11 +289,13 @@ class LayerGrid(ScrollView, can_focus=True):
             segments.append(Segment(f"{block:>{self.label_width}}", label_cursor if on_row else label))
             for k, kind in enumerate(KINDS):
                 cell = self.layer_map.cell(block, kind)
-                style = self.style_for(cell)
+                difference = self.overlay.get(cell.sid)
+                style = self.style_for(cell) if difference is None else self.overlay_style(difference.here)
+                text = cell.text(CELL_WIDTH) if difference is None else self.overlay_text(difference)
                 if on_row and k == self.cursor_kind:
                     style = style + cursor
                 segments.append(gaps[k])
-                segments.append(Segment(cell.text(CELL_WIDTH), style))
+                segments.append(Segment(text, style))
             segments.append(gaps[2])
         return segments
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
 
-from finercut_tui.domain.evals import EvalRecord, describe_eval, retained_text
+from finercut_tui.curves import Series
+from finercut_tui.domain.evals import EvalRecord, describe_eval, fmt_value, retained_text
+from finercut_tui.domain.records import HealRecord
 from finercut_tui.domain.text import clock, fmt_score
 from finercut_tui.layer_map import BARS, LEGEND, LEVELS, Cell, CellState, LayerMap
 
@@ -137,24 +141,85 @@ class RankingTable(DataTable):
         self.add_rows(rows)
 
 
+def heal_row(heal: HealRecord) -> tuple[str, str, str]:
+    """`heal@10`, `50.4% -> 79.3%`, `ppl:pydoc 42.97 -> 27.29`: a heal's evaluations before and after."""
+    before, after = heal.before, heal.after
+
+    def kept(record: EvalRecord | None) -> str:
+        return "-" if record is None or record.failed else retained_text(record)
+
+    if after is not None and after.failed:
+        results = describe_eval(after, width=60)
+    else:
+        names = list(dict.fromkeys([*(before.results if before else {}), *(after.results if after else {})]))
+        parts = []
+        for name in names:
+            old = before.results.get(name) if before is not None else None
+            new = after.results.get(name) if after is not None else None
+            parts.append(
+                f"{name} {fmt_value(old) if old is not None else '-'} -> {fmt_value(new) if new is not None else '-'}"
+            )
+        results = ", ".join(parts)
+        if not results and heal.first_loss is not None and heal.final_loss is not None:
+            results = f"loss {heal.first_loss:.3f} -> {heal.final_loss:.3f} (not evaluated)"
+    return f"heal@{heal.step}", f"{kept(before)} -> {kept(after)}", results or "-"
+
+
 class EvalTable(DataTable):
-    """Evaluations so far with the score retained against the dense model."""
+    """Evaluations so far with the score retained against the dense model, and the heals beside them."""
 
     def on_mount(self) -> None:
         self.add_columns("step", "kept", "results")
 
-    def show(self, evals: list[EvalRecord]) -> None:
+    def show(self, evals: list[EvalRecord], heals: Sequence[HealRecord] = ()) -> None:
+        rows = [(e.step, 0, (str(e.step), retained_text(e), describe_eval(e, width=60))) for e in evals]
+        rows += [(h.step, 1, heal_row(h)) for h in heals]  # a heal after the unhealed eval of its step
         self.clear()
-        self.add_rows((str(e.step), retained_text(e), describe_eval(e, width=60)) for e in evals)
+        self.add_rows(row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])))
+
+
+class CurvesPlot(PlotextPlot):
+    """One chart of the session's curves (plotext through textual-plotext), redrawn when its data change."""
+
+    _drawn: tuple | None = None
+
+    def draw(self, title: str, series: list[Series], log_y: bool = False, mark: int | None = None) -> None:
+        """`series` against removals; `mark`: a vertical line at this removal count (the shown step)."""
+        key = (title, tuple(series), log_y, mark)
+        if key == self._drawn:
+            return
+        self._drawn = key
+        plt = self.plt
+        plt.clear_figure()
+        drawn = [s for s in series if s.points]
+        ys_all = [y for s in drawn for _, y in s.points]
+        if log_y and ys_all and min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
+            plt.yscale("log")
+            lo, hi = math.log10(min(ys_all)), math.log10(max(ys_all))
+            ticks = [10 ** (lo + (hi - lo) * i / 3) for i in range(4)]
+            plt.yticks(ticks, [f"{t:.3g}" for t in ticks])
+        for s in drawn:
+            xs, ys = zip(*s.points, strict=True)
+            plt.plot(list(xs), list(ys), label=s.label, marker="braille")
+        if mark is not None and drawn:
+            plt.vline(mark, "gray")
+        plt.xlabel("removals")
+        self.refresh()
 
 
 class Legend(Static):
     """What the glyphs and colours of the grid mean (styled like the grid), packed into lines."""
 
     _style_for: Callable[[Cell], Style] | None = None
+    _overlay: tuple[Text, ...] = ()
 
     def show(self, style_for: Callable[[Cell], Style]) -> None:
         self._style_for = style_for
+        self._layout()
+
+    def set_overlay(self, items: list[Text]) -> None:
+        """Items that explain an overlay's marks, shown first ([] when there is no overlay)."""
+        self._overlay = tuple(items)
         self._layout()
 
     def on_resize(self) -> None:
@@ -162,7 +227,7 @@ class Legend(Static):
 
     def _items(self) -> list[Text]:
         assert self._style_for is not None
-        items = []
+        items = [item.copy() for item in self._overlay]
         for state, label in LEGEND:
             item = Text()
             if state is CellState.SCORED:

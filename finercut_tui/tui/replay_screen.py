@@ -9,16 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import work
 from textual.worker import Worker, WorkerState
 
 from finercut_tui.domain.text import describe_event
-from finercut_tui.layer_map import LayerMap
+from finercut_tui.layer_map import Difference, LayerMap, overlay_differences
 from finercut_tui.search import events as E
 from finercut_tui.session import Session
 from finercut_tui.tui import actions
+from finercut_tui.tui.grid import LayerGrid
 from finercut_tui.tui.inbox import JobReady, WorkerFailed, one_line
-from finercut_tui.tui.screens import ConfirmScreen
+from finercut_tui.tui.screens import ConfirmScreen, OverlayScreen
 from finercut_tui.tui.workbench import WorkbenchScreen
 
 
@@ -44,6 +46,8 @@ class ReplayScreen(WorkbenchScreen):
         self.step = shown
         self.model_overrides = dict(model_overrides or {})
         self.loading_from: int | None = None  # the step a continued session starts from, while it loads
+        self.overlay: Session | None = None  # a second session laid over this one (`o`)
+        self.overlay_path: Path | None = None
 
     @property
     def last_step(self) -> int:
@@ -61,7 +65,31 @@ class ReplayScreen(WorkbenchScreen):
         return sum(s.seconds or 0.0 for s in self.session.steps[: self.map.step - 1])
 
     def device_text(self) -> str:
+        if self.overlay is not None and self.overlay_path is not None:
+            return f"overlay {self.overlay_path.name}: {len(self.differences())} differ"
         return self.device if self.device is not None else "no model loaded"
+
+    def differences(self) -> dict[str, Difference]:
+        if self.overlay is None:
+            return {}
+        return overlay_differences(self.session, self.overlay, self.step)
+
+    def overlay_legend(self) -> list[Text]:
+        if self.overlay is None or self.overlay_path is None:
+            return []
+        grid = self.query_one(LayerGrid)
+        found = list(self.differences().values())
+        here = sum(d.here for d in found)
+        items = []
+        for mark, is_here, label in (
+            ("×k≠", True, f"removed here only ({here})"),
+            ("⊘k", False, f"removed in {self.overlay_path.name} only ({len(found) - here})"),
+        ):
+            item = Text()
+            item.append(mark, grid.overlay_style(is_here))
+            item.append(f" {label}")
+            items.append(item)
+        return items
 
     def ranking_title(self) -> str:
         k = self.map.step - 1
@@ -120,6 +148,48 @@ class ReplayScreen(WorkbenchScreen):
 
     def action_quit(self) -> None:
         self.app.exit(0)
+
+    def action_overlay(self) -> None:
+        if self.overlay is not None:
+            self.log_line(f"overlay of {self.overlay_path} cleared")
+            self.overlay = self.overlay_path = None
+            self.changed()
+            self.redraw()
+            return
+        question = (
+            "Lay which session over this one? It must be a session of the same model; the grid marks "
+            "where the two differ at the shown step (o again clears)."
+        )
+        self.app.push_screen(OverlayScreen(question), self.set_overlay)
+
+    def set_overlay(self, path: str | Path | None) -> bool:
+        """Lay the session at `path` over this one; a one-line notification when it cannot be."""
+        if path is None:
+            return False
+        path = Path(path)
+        try:
+            other = Session.load(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: say so, the replay stays as it was
+            self.notify(f"cannot overlay {path}: {one_line(exc)}", title="o: overlay", severity="warning")
+            return False
+        mine = (self.session.num_blocks, self.session.model.architecture)
+        theirs = (other.num_blocks, other.model.architecture)
+        if theirs != mine:
+            self.notify(
+                f"{path.name} is a session of another model ({theirs[1]}, {theirs[0]} blocks; this one: "
+                f"{mine[1]}, {mine[0]} blocks)",
+                title="o: overlay",
+                severity="warning",
+            )
+            return False
+        self.overlay, self.overlay_path = other, path
+        self.log_line(
+            f"overlay {path}: {len(self.differences())} sublayers differ at step {self.step} "
+            "(×k≠ removed here only, ⊘k removed there only; o clears)"
+        )
+        self.changed()
+        self.redraw()
+        return True
 
     def continue_path(self, k: int) -> Path:
         path = self.session_path or Path("session.yaml")

@@ -35,6 +35,8 @@ CELLS: tuple[tuple[str, str], ...] = (
     ("◆", "pinned: never removed"),
     ("░░░░", "held back by front exclusion (not a candidate yet)"),
     ("·", "kept (not a candidate now)"),
+    ("×k≠", "overlay (o in a replay): removed here at step k, kept by the other session"),
+    ("⊘k", "overlay: kept here, removed by the other session at its step k"),
     ("[    ]", "the cursor"),
 )
 
@@ -115,6 +117,30 @@ class TargetScreen(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         self.query_one("#target", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class OverlayScreen(ModalScreen[str | None]):
+    """Ask for the path of a session to lay over the replayed one; None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, default: str = "") -> None:
+        super().__init__()
+        self.question, self.default = question, default
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box", classes="dialog"):
+            yield Static(self.question, id="confirm-question")
+            yield Input(self.default, placeholder="path/to/session.yaml", id="overlay-path", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#overlay-path", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)

@@ -18,13 +18,23 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Log
 
+from finercut_tui.curves import Series, session_panels
+from finercut_tui.domain.records import HealRecord
 from finercut_tui.domain.text import clock
-from finercut_tui.layer_map import Cell, LayerMap
+from finercut_tui.layer_map import Cell, Difference, LayerMap
 from finercut_tui.session import Session
 from finercut_tui.tui import actions
 from finercut_tui.tui.grid import LayerGrid
 from finercut_tui.tui.inbox import EventInbox, SearchEvents
-from finercut_tui.tui.panels import CellInfo, EvalTable, Legend, RankingTable, StatusBar, StatusInfo
+from finercut_tui.tui.panels import (
+    CellInfo,
+    CurvesPlot,
+    EvalTable,
+    Legend,
+    RankingTable,
+    StatusBar,
+    StatusInfo,
+)
 from finercut_tui.tui.screens import HelpScreen
 
 REDRAW_HZ = 15
@@ -59,6 +69,7 @@ class WorkbenchScreen(Screen[None]):
         self._log_lines: list[str] = []
         self._dirty = True
         self._availability: tuple[bool, ...] = ()
+        self.curves: str | None = None  # the title of the curve the side panel shows; None: the ranking
 
     # -- what a subclass answers -----------------------------------------------------------------------
     def state(self) -> str:
@@ -91,6 +102,27 @@ class WorkbenchScreen(Screen[None]):
         """Why an action of the other screen does nothing here (one line)."""
         raise NotImplementedError
 
+    def differences(self) -> dict[str, Difference]:
+        """Where a session laid over this one differs (the replay's overlay); {} when none is."""
+        return {}
+
+    def overlay_legend(self) -> list:
+        """Legend items for the overlay's marks ([] when there is none)."""
+        return []
+
+    def heals_shown(self) -> list[HealRecord]:
+        """The session's heals of the models up to the shown number of removals."""
+        k = len(self.map.removals)
+        return [h for h in self.session.heals if h.step <= k]
+
+    def curve_mark(self) -> int | None:
+        """The removal count the curves mark with a vertical line (the shown step)."""
+        return len(self.map.removals)
+
+    def curve_panels(self) -> list[tuple[str, list[Series], bool]]:
+        """(title, series, log y) of each curve this session has points for, in the order `g` shows them."""
+        return [p for p in session_panels([("", self.session)]) if any(s.points for s in p[1])]
+
     # -- layout ----------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -102,6 +134,7 @@ class WorkbenchScreen(Screen[None]):
                 yield CellInfo(id="cellinfo")
                 yield Label("ranking", id="ranking-title", classes="side-title")
                 yield RankingTable(id="ranking", cursor_type="none", show_cursor=False)
+                yield CurvesPlot(id="curves")
                 yield Label("evaluations", id="evals-title", classes="side-title")
                 yield EvalTable(id="evals", cursor_type="none", show_cursor=False)
                 yield Legend(id="legend")
@@ -166,10 +199,31 @@ class WorkbenchScreen(Screen[None]):
             self.query_one(LayerGrid).set_map(self.map)
             self.query_one(CellInfo).show(self.cursor_cell(), self.map)
             self.query_one(RankingTable).show(self.map)
-            self.query_one(EvalTable).show(self.map.evals)
-            self.query_one("#ranking-title", Label).update(self.ranking_title())
+            self.query_one(EvalTable).show(self.map.evals, self.heals_shown())
+            grid = self.query_one(LayerGrid)
+            grid.set_overlay(self.differences())
+            self.query_one(Legend).set_overlay(self.overlay_legend())
+            self.show_side()
             self.show_status()
         self.refresh_availability()
+
+    def show_side(self) -> None:
+        """The side panel: the ranking (with the evaluations), or the curve `g` picked."""
+        panel = next((p for p in self.curve_panels() if p[0] == self.curves), None) if self.curves else None
+        if self.curves is not None and panel is None:  # the curve has no points here (any more)
+            self.curves = None
+        showing = panel is not None
+        for selector in ("#ranking", "#evals-title", "#evals"):
+            self.query_one(selector).display = not showing
+        plot = self.query_one(CurvesPlot)
+        plot.display = showing
+        title = self.query_one("#ranking-title", Label)
+        if panel is None:
+            title.update(self.ranking_title())
+            return
+        name, series, log_y = panel
+        title.update(f"{name} (g: next)")
+        plot.draw(name, series, log_y, self.curve_mark())
 
     def show_status(self) -> None:
         m = self.map
@@ -250,6 +304,22 @@ class WorkbenchScreen(Screen[None]):
         for action in actions.offered(self.KIND):
             if action.title and self.why_not(action.name) is None:
                 yield SystemCommand(action.title, action.help, getattr(self, f"action_{action.name}"))
+
+    def why_not_toggle_curves(self) -> str | None:
+        if self.curves is None and not self.curve_panels():
+            return "no curves yet: this session has no evaluations and no scored steps"
+        return None
+
+    def action_toggle_curves(self) -> None:
+        """Ranking -> each curve with points -> the ranking again."""
+        titles = [p[0] for p in self.curve_panels()]
+        if self.curves in titles:
+            i = titles.index(self.curves) + 1
+            self.curves = titles[i] if i < len(titles) else None
+        else:
+            self.curves = titles[0] if titles else None
+        self.changed()
+        self.redraw()
 
     def action_help(self) -> None:
         if not isinstance(self.app.screen, HelpScreen):
