@@ -18,6 +18,7 @@ from enum import StrEnum
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.methods import Method, get_method, is_removed
 from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.spec import SearchSpec
 from finercut_tui.model.sublayers import KINDS, expand, sort_key
 from finercut_tui.search import events as E
 from finercut_tui.session import Session
@@ -124,7 +125,7 @@ class LayerMap:
     def __init__(
         self,
         num_blocks: int,
-        method: str = "finercut",
+        method: str = SearchSpec.method,
         rescored: bool = True,
         metric: str | None = None,
         target: int | None = None,
