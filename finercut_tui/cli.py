@@ -42,6 +42,14 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _reports(exc: BaseException) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return True  # one process: no torch import just to print an error (replay, show)
+    from finercut_tui.search.distributed import reports
+
+    return reports(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except FinercutError as exc:
         if debug:
             raise
+        if not _reports(exc):  # torchrun: the same line from every rank is printed by rank 0 only
+            return 2
         print(f"finercut-tui: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,8 +17,10 @@ from finercut_tui.domain import methods as M
 from finercut_tui.domain.presets import PRESETS
 from finercut_tui.domain.progress import SearchProgress
 from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
+from finercut_tui.domain.spec import DEFAULT_TIMEOUT_S as DEFAULT_DIST_TIMEOUT
 from finercut_tui.domain.spec import DISTANCE_DTYPES, PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
 from finercut_tui.domain.text import clock, describe_event
+from finercut_tui.errors import FinercutError
 from finercut_tui.search.events import CandidateScored, SearchFinished
 
 DEFAULT = SearchSpec()
@@ -116,6 +118,23 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         choices=PREFIX_CACHE_CHOICES,
         help="keep block inputs per step on the model's device, offload them to CPU, or off",
     )
+    d = parser.add_argument_group("many replicas (torchrun / srun)")
+    d.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_DIST_TIMEOUT,
+        metavar="S",
+        help=f"seconds a rank waits for the others in a collective before giving up (default "
+        f"{DEFAULT_DIST_TIMEOUT}: long enough for an lm-eval run on rank 0)",
+    )
+    d.add_argument(
+        "--gpus-per-replica",
+        type=int,
+        default=1,
+        metavar="G",
+        help="spread each process's replica over G local GPUs (device_map); local rank r gets GPUs "
+        "r*G..r*G+G-1 (default 1)",
+    )
     o = parser.add_argument_group("session")
     o.add_argument("--session", required=True, help="session YAML, written after every step")
     o.add_argument("--resume", action="store_true", help="continue the session where it stopped")
@@ -150,8 +169,9 @@ def eval_request_from_args(args):
     return eval_request(args, args.seed or 0) if (args.ppl or args.tasks) else None
 
 
-def setup_from_args(args):
-    """The search setup the options describe; on --resume, the session's with the options given."""
+def setup_from_args(args, session=None):
+    """The search setup the options describe; on --resume, the session's with the options given
+    (`session`: the resumed session when the caller has it already)."""
     from finercut_tui.domain.presets import preset_setup
     from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSetup
     from finercut_tui.errors import FinercutError
@@ -163,7 +183,7 @@ def setup_from_args(args):
             "--reproduce starts a new search: drop it with --resume (the session keeps its settings)"
         )
     if args.resume:
-        setup = setup_from_session(Session.load(args.session))
+        setup = setup_from_session(session or Session.load(args.session))
     elif args.reproduce:
         setup = preset_setup(args.reproduce, args.method, args.iterative)
     else:
@@ -195,16 +215,58 @@ def setup_from_args(args):
     )
 
 
-def job_from_args(args, progress):
+def job_from_args(args, progress, world=None):
+    """The job the options describe. Under torchrun (`world` active) rank 0 reads a resumed session
+    and sends it to the others; every rank prepares its own replica, all agree that none failed and
+    that all hold the same calibration, model and search, and only then rank 0 writes the session."""
+    from finercut_tui.search.distributed import SINGLE
+    from finercut_tui.session import Session
+
+    world = world or SINGLE
+    if not world.active:
+        return _prepare(args, progress, world, None)
+    existing = None
+    if args.resume:
+        payload = None
+        if world.is_main:
+            try:
+                payload = ("ok", Session.load(args.session).to_yaml_dict())
+            except FinercutError as exc:
+                payload = ("error", str(exc))
+        kind, data = world.broadcast(payload)
+        if kind == "error":
+            raise FinercutError(data)
+        existing = Session.from_yaml_dict(data, source=args.session)
+    job, error = None, None
+    try:
+        job = _prepare(args, progress, world, existing)
+    except Exception as exc:  # every rank reaches `agree`: all end with the failing rank's line
+        error = exc
+    world.agree(error)
+    world.check_same(job.identity())
+    job.save()
+    return job
+
+
+def _prepare(args, progress, world, existing):
     from finercut_tui.search.job import model_spec_from_session, prepare_job
     from finercut_tui.session import Session
 
-    setup = setup_from_args(args)
+    setup = setup_from_args(args, existing)
     if args.resume and not (args.model or args.gguf_file):
-        spec = model_spec_from_session(Session.load(args.session), dtype=args.dtype, device=args.device)
+        session = existing or Session.load(args.session)
+        spec = model_spec_from_session(session, dtype=args.dtype, device=args.device)
     else:
         spec = model_spec(args)
-    return prepare_job(setup, spec, args.session, resume=args.resume, progress=progress)
+    return prepare_job(
+        setup,
+        spec,
+        args.session,
+        resume=args.resume,
+        progress=progress,
+        world=world,
+        existing_session=existing,
+    )
 
 
 class ProgressBar:
@@ -236,8 +298,29 @@ class ProgressBar:
 
 
 def run(args) -> int:
-    quiet = args.quiet
-    job = job_from_args(args, progress=progress_printer(quiet))
+    from finercut_tui.search import distributed
+
+    world = distributed.init_world(args.dist_timeout, args.device, args.gpus_per_replica)
+    try:
+        return _run(args, world)
+    finally:
+        distributed.close_world()
+
+
+def _silence_loading_bars() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+
+
+def _run(args, world) -> int:
+    quiet = args.quiet or not world.is_main  # rank 0 alone prints
+    if not world.is_main:
+        _silence_loading_bars()
+    job = job_from_args(args, progress=progress_printer(quiet), world=world)
     bar = None if quiet else ProgressBar()
     finished = None
     for event in job.events():
@@ -245,6 +328,8 @@ def run(args) -> int:
             bar(event)
         if isinstance(event, SearchFinished):
             finished = event
+    if not world.is_main:
+        return 0 if finished is not None and finished.reason != "error" else 1
     if not quiet:
         print(f"session saved: {job.session_path}", file=sys.stderr)
     print(" ".join(job.session.removed_at()))

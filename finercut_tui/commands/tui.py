@@ -41,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from finercut_tui.commands.run import job_from_args
 
     apply_terminal_args(args)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from finercut_tui.errors import FinercutError
+
+        raise FinercutError(
+            "the app does not run under torchrun yet: launch `finercut-tui run` there (same options), "
+            "then open the session in one process with `finercut-tui tui --resume`"
+        )
     job = job_from_args(args, progress=progress_printer())
     from finercut_tui.tui.app import WorkbenchApp
 

@@ -134,6 +134,8 @@ class Step:
     score: float | None = None
     scores: dict[str, float] | None = None
     seconds: float | None = None
+    world_size: int = 1  # replicas that scored this step (torchrun); written only when > 1
+    gpus_per_replica: int = 1  # GPUs each replica spread over; written only when > 1
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"removed": self.removed, "by": self.by}
@@ -143,6 +145,10 @@ class Step:
             out["scores"] = {k: float(v) for k, v in self.scores.items()}
         if self.seconds is not None:
             out["seconds"] = round(float(self.seconds), 3)
+        if self.world_size != 1:
+            out["world_size"] = int(self.world_size)
+        if self.gpus_per_replica != 1:
+            out["gpus_per_replica"] = int(self.gpus_per_replica)
         return out
 
     @classmethod
@@ -159,6 +165,8 @@ class Step:
             score=data.get("score"),
             scores=None if scores is None else {str(k): float(v) for k, v in scores.items()},
             seconds=data.get("seconds"),
+            world_size=int(data.get("world_size") or 1),
+            gpus_per_replica=int(data.get("gpus_per_replica") or 1),
         )
 
 

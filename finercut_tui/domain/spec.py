@@ -26,6 +26,8 @@ from finercut_tui.domain.records import DEFAULT_LAYOUT
 from finercut_tui.errors import FinercutError
 
 PREFIX_CACHE_CHOICES = ("gpu", "cpu", "off")
+# how long a rank waits for the others in a collective (--dist-timeout): long enough for an lm-eval run
+DEFAULT_TIMEOUT_S = 1800
 # the fields of the `method:` record that decide the order: a resume may not change them
 _DEFINING = ("metric", "distance_dtype", "exclude_front", "exclude_front_rule", "iterative", "block_metric")
 DISTANCE_DTYPES = ("float32", "model")

@@ -13,6 +13,8 @@ current step starts over; an evaluation leaves everything as it was.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from finercut_tui.errors import FinercutError
 from finercut_tui.model.sublayers import expand, parse_id, sort_key
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.controller import Cancelled, Command, Controller
+from finercut_tui.search.distributed import SINGLE, World, split_by_cost
 from finercut_tui.search.events import (
     CandidateScored,
     CandidateStarted,
@@ -71,6 +74,7 @@ class SearchEngine:
         one_shot_scores: dict[str, float] | None = None,
         evaluator: Evaluator | None = None,
         evaluated_steps: set[int] | None = None,
+        world: World = SINGLE,
     ):
         self.spec = spec.validate()
         self.method = spec.info
@@ -85,6 +89,8 @@ class SearchEngine:
         self.one_shot_scores = one_shot_scores
         self.evaluator = evaluator
         self.evaluated_steps = set(evaluated_steps or ())
+        self.world = world  # one replica of many (search/distributed.py); SINGLE: one process
+        self._rounds = 0  # scoring rounds run, to name the shared progress counter
         self._log: list[str] = []
         self.scorer: Scorer | None = None
         if self.method.scoring == "distance":
@@ -207,6 +213,8 @@ class SearchEngine:
 
     # -- FinerCut ----------------------------------------------------------------------------------------
     def _score_finercut(self, candidates: list[str]) -> Iterator[Event]:
+        if self.world.active:
+            return (yield from self._score_finercut_world(candidates))
         scorer = self.scorer
         scorer.reference()
         scorer.begin_step()
@@ -229,9 +237,58 @@ class SearchEngine:
             yield from self._drain_logs()
         return scores
 
+    def _score_finercut_world(self, candidates: list[str]) -> Iterator[Event]:
+        """This rank's share of the candidates (balanced by cost), then every rank gets all scores.
+
+        Commands other than cancel are not taken mid-step here (every rank must score the same
+        step). An out-of-memory fallback on any rank restarts the step on all ranks at the smallest
+        batch size, as one process does."""
+        world, scorer = self.world, self.scorer
+        mine = split_by_cost(candidates, self.pm.num_blocks, world.size)[world.rank]
+        counter = _SharedCounter(f"finercut/{self._rounds}")
+        self._rounds += 1
+        error, scores, shrunk = None, {}, None
+        try:
+            scorer.reference()
+            scorer.begin_step()
+            yield from self._drain_logs()
+            for uid in mine:
+                self.controller.raise_if_cancelled()
+                yield CandidateStarted(self.step, uid, counter.peek() + 1, len(candidates))
+                t0 = time.perf_counter()
+                batch_size = scorer.batch_size
+                scores[uid] = scorer.score(uid)
+                if scorer.batch_size != batch_size:
+                    shrunk = scorer.batch_size
+                    break
+                _fault_die(self.step, world)
+                seconds = (time.perf_counter() - t0) / world.size  # the world's pace, for the ETA
+                yield CandidateScored(self.step, uid, scores[uid], counter.add(), len(candidates), seconds)
+                yield from self._drain_logs()
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # reported to every rank by the collective below
+            error = exc
+        world.agree(error)
+        results = world.all_gather((tuple(candidates), scores, shrunk))
+        for r, (theirs, _, _) in enumerate(results):
+            if list(theirs) != candidates:
+                raise FinercutError(f"rank {r} diverged from rank 0 at step {self.step}: other candidates")
+        sizes = [b for _, _, b in results if b is not None]
+        if sizes:
+            scorer.batch_size = min(sizes)
+            yield from self._drain_logs()
+            raise _Restart()
+        merged: dict[str, float] = {}
+        for _, theirs, _ in results:
+            merged.update(theirs)
+        return {u: merged[u] for u in candidates}  # model order, as one process records them
+
     # -- similarity drop ---------------------------------------------------------------------------------
     def _importance(self) -> dict[str, float]:
-        sims = measure_similarities(self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append)
+        sims = measure_similarities(
+            self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append, world=self.world
+        )
         out = {f"{b}.attn": 1.0 - s for b, s in sims.attn.items()}
         out.update({f"{b}.mlp": 1.0 - s for b, s in sims.mlp.items()})
         out.update({f"{b}.block": 1.0 - s for b, s in sims.block.items()})
@@ -269,7 +326,9 @@ class SearchEngine:
                 return self.order[-1]
         n = self.target - self._progress()
         free = {block_of(u) for u in candidates}
-        sims = measure_similarities(self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append)
+        sims = measure_similarities(
+            self.pm, self.input_ids, self.scoring.batch_size, log=self._log.append, world=self.world
+        )
         gaps = {
             b: g for b, g in angular_gap(sims.last_token, n).items() if all(b + i in free for i in range(n))
         }
@@ -390,3 +449,44 @@ class SearchEngine:
             return True
         yield LogMessage(f"unknown command {name!r}", "error")
         return False
+
+
+FAULT_DIE_ENV = "FINERCUT_FAULT_DIE_AT"
+
+
+def _fault_die(step: int, world: World) -> None:
+    """For tests and developers: FINERCUT_FAULT_DIE_AT=K makes the last rank kill itself (SIGKILL)
+    after its first candidate of step K, as a crashed node would. Unset, it does nothing."""
+    spec = os.environ.get(FAULT_DIE_ENV, "").strip()
+    if spec and world.rank == world.size - 1 and spec == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _SharedCounter:
+    """Candidates scored by all ranks in one scoring round, in the process group's own store (a
+    plain count in one process): rank 0's progress counts the whole world's candidates."""
+
+    def __init__(self, key: str):
+        self.key, self.local, self.store = key, 0, None
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                self.store = dist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - progress only: fall back to this rank's count
+            self.store = None
+
+    def _add(self, n: int) -> int:
+        if self.store is not None:
+            try:
+                return int(self.store.add(self.key, n))
+            except Exception:  # noqa: BLE001
+                self.store = None
+        self.local += n
+        return self.local
+
+    def add(self) -> int:
+        return self._add(1)
+
+    def peek(self) -> int:
+        return self._add(0)

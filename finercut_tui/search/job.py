@@ -25,6 +25,7 @@ from finercut_tui.errors import FinercutError, SessionError
 from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
 from finercut_tui.model.sublayers import parse_id
 from finercut_tui.search.controller import Controller
+from finercut_tui.search.distributed import SINGLE, World
 from finercut_tui.search.engine import SearchEngine
 from finercut_tui.search.events import (
     EvalFailed,
@@ -73,13 +74,15 @@ class Job:
     setup: SearchSetup
     calibration: Calibration
     engine: SearchEngine = field(repr=False, default=None)
+    world: World = field(repr=False, default_factory=lambda: SINGLE)  # rank 0 alone writes the session
 
     @property
     def pm(self):
         return self.loaded.pm
 
     def save(self) -> None:
-        self.session.save(self.session_path)
+        if self.world.is_main:
+            self.session.save(self.session_path)
 
     def events(self, serve: bool = False) -> Iterator[Event]:
         """The search's events, each recorded first; with `serve`, the model stays a workbench after
@@ -95,7 +98,10 @@ class Job:
     def record(self, event: Event) -> None:
         s = self.session
         if isinstance(event, SublayerRemoved):
-            s.steps.append(Step(event.sublayer, event.by, event.score, event.scores or None, event.seconds))
+            step = Step(event.sublayer, event.by, event.score, event.scores or None, event.seconds)
+            if event.by == "search":
+                step.world_size, step.gpus_per_replica = self.world.size, self.world.gpus_per_replica
+            s.steps.append(step)
         elif isinstance(event, SublayerRestored):
             undone = s.steps.pop()
             s.undone.append(Undone(undone.removed, undone.by, event.step))
@@ -125,9 +131,28 @@ class Job:
         started = self.setup.scoring.batch_size or int(scorer.input_ids.shape[0])  # None: all samples
         return scorer.batch_size != (started if recorded is None else recorded)
 
+    def identity(self) -> dict:
+        """What every rank of one search must share, in the order a difference is reported."""
+        cal = self.calibration.record()
+        return {
+            "calibration": f"{cal.samples} x {cal.seq_len} tokens of {cal.source} "
+            f"(fingerprint {str(cal.fingerprint)[:12]})",
+            "model architecture": self.session.model.architecture,
+            "blocks": self.pm.num_blocks,
+            "dtype": self.loaded.dtype,
+            "search": repr(self.setup.spec),
+            "scoring batch size": self.setup.scoring.batch_size,
+            "removed": " ".join(self.session.removed_at()),
+            "pins": " ".join(self.session.pinned.canonical()),
+        }
+
     def evaluate(self, request, step: int) -> list[EvalRecord]:
-        """The engine's evaluator: measure the model as it is now against the session's baseline."""
+        """The engine's evaluator: measure the model as it is now against the session's baseline.
+        Under torchrun rank 0 alone evaluates; the others wait for it at the next step's collective."""
         from finercut_tui.eval.runner import run_eval
+
+        if not self.world.is_main:
+            return []
 
         previous = [e.to_dict() for e in self.session.evals]
         return [EvalRecord.from_dict(r) for r in run_eval(self.pm, request, step, previous)]
@@ -141,19 +166,24 @@ def prepare_job(
     command: str | None = None,
     progress=print,
     loaded: LoadedModel | None = None,
+    world: World = SINGLE,
+    existing_session: Session | None = None,
 ) -> Job:
-    """Load (or take) the model, build calibration, create or resume the session, build the engine."""
+    """Load (or take) the model, build calibration, create or resume the session, build the engine.
+
+    Under torchrun (`world` active) every rank prepares its own job; `existing_session` is the session
+    rank 0 read and broadcast (the other ranks may not see its file); only rank 0 writes it."""
     session_path = Path(session_path)
     search = setup.spec.validate()
     setup.scoring.validate()
     setup.schedule.validate()
     existing = None
     if resume:
-        existing = Session.load(session_path)  # SessionError before any heavy work
+        existing = existing_session or Session.load(session_path)  # SessionError before heavy work
         conflict = search.resume_conflict(existing.spec)
         if conflict:
             raise SessionError(f"{session_path} {conflict}")
-    elif session_path.exists():
+    elif world.is_main and session_path.exists():
         raise FinercutError(
             f"session {session_path} already exists: pass --resume to continue it, or another path"
         )
@@ -216,6 +246,7 @@ def prepare_job(
         controller=controller,
         setup=dataclasses.replace(setup, spec=search, schedule=schedule),
         calibration=calibration,
+        world=world,
     )
     job.engine = SearchEngine(
         pm,
@@ -230,6 +261,8 @@ def prepare_job(
         one_shot_scores=session.one_shot_scores() if existing and not search.rescored else None,
         evaluator=job.evaluate,  # always: "evaluate now" from the UI needs one too
         evaluated_steps={e.step for e in session.evals if not e.failed},
+        world=world,
     )
-    job.save()  # the session exists on disk before the first step
+    if not world.active:  # under torchrun the caller saves once every rank agreed (run.job_from_args)
+        job.save()  # the session exists on disk before the first step
     return job

@@ -43,9 +43,16 @@ def default_batch_size(input_ids: torch.Tensor, tokens_per_forward: int = 32768)
 
 
 def measure_similarities(
-    pm: PrunableModel, input_ids: torch.Tensor, batch_size: int | None = None, log=lambda message: None
+    pm: PrunableModel,
+    input_ids: torch.Tensor,
+    batch_size: int | None = None,
+    log=lambda message: None,
+    world=None,
 ) -> Similarities:
-    """All module similarities of the current model; halves the batch on out-of-memory."""
+    """All module similarities of the current model; halves the batch on out-of-memory.
+
+    With an active `world` (search/distributed.py) each rank measures its contiguous slice of the
+    rows and the sums are all-reduced: equal to one process up to float summation order."""
     if pm.arch.post_norm(pm.config):
         raise FinercutError(
             "similarity drop needs a pre-norm model (the residual stream is normalised after each sublayer in "
@@ -54,6 +61,8 @@ def measure_similarities(
     batch = batch_size or default_batch_size(input_ids)
     while True:
         try:
+            if world is not None and world.active:
+                return _measure_world(pm, input_ids, batch, world)
             return _measure(pm, input_ids, batch)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc) or batch == 1:
@@ -65,6 +74,45 @@ def measure_similarities(
 
 
 def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similarities:
+    sums, last_token, tokens = _sums(pm, input_ids, batch)
+    result = Similarities(last_token=[torch.cat([t.cpu() for t in parts]) for parts in last_token])
+    for (kind, b), parts in sums.items():
+        getattr(result, kind)[b] = float(sum(p.cpu() for p in parts)) / tokens
+    return result
+
+
+def _measure_world(pm: PrunableModel, input_ids: torch.Tensor, batch: int, world) -> Similarities:
+    """This rank's rows, then the float64 sums all-reduced and the last-token states gathered."""
+    from finercut_tui.search.distributed import rows_of
+
+    rows = rows_of(int(input_ids.shape[0]), world.rank, world.size)
+    mine = input_ids[rows]
+    error, sums, last_token = None, {}, [[] for _ in range(pm.num_blocks + 1)]
+    try:
+        if mine.shape[0]:
+            sums, last_token, _ = _sums(pm, mine, batch)
+    except Exception as exc:  # every rank reaches the collectives below, then all raise
+        error = exc
+    world.agree(error)
+    keys = sorted({k for ks in world.all_gather(sorted(sums)) for k in ks})
+    local = torch.zeros(len(keys), dtype=torch.float64)
+    for i, key in enumerate(keys):
+        if key in sums:
+            local[i] = sum(p.cpu() for p in sums[key])
+    total = world.all_reduce_sum(local)
+    states = [torch.cat([t.cpu() for t in parts]) if parts else None for parts in last_token]
+    gathered = world.all_gather(states)  # in rank order = row order
+    result = Similarities(
+        last_token=[torch.cat([s[i] for s in gathered if s[i] is not None]) for i in range(pm.num_blocks + 1)]
+    )
+    tokens = int(input_ids.numel())
+    for i, (kind, b) in enumerate(keys):
+        getattr(result, kind)[b] = float(total[i]) / tokens
+    return result
+
+
+def _sums(pm: PrunableModel, input_ids: torch.Tensor, batch: int):
+    """Per-module device sums of the token cosines, the last-token states per block, and the tokens."""
     L = pm.num_blocks
     sums: dict[tuple[str, int], list[torch.Tensor]] = {}  # summed on the device; one sync at the end
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -127,11 +175,7 @@ def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similari
     finally:
         for h in handles:
             h.remove()
-    tokens = ids.numel()
-    result = Similarities(last_token=[torch.cat([t.cpu() for t in parts]) for parts in last_token])
-    for (kind, b), parts in sums.items():
-        getattr(result, kind)[b] = float(sum(p.cpu() for p in parts)) / tokens
-    return result
+    return sums, last_token, ids.numel()
 
 
 def angular_gap(last_token: list[torch.Tensor], n: int) -> dict[int, float]:

@@ -1,0 +1,241 @@
+"""Many replicas (torchrun): 2 processes started the way torchrun starts them (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT on 127.0.0.1, one thread each), gloo on CPU. Same order and scores as
+one process; resume across world sizes; refusals and a killed rank end with one line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import save_tiny_checkpoint
+
+from finercut_tui.search.distributed import detect, rows_of, split_by_cost
+from finercut_tui.session import Session
+
+TEXT = "tests/data/english.txt"
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120  # seconds a whole launch may take before the test kills it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(extra)
+    return env
+
+
+def launch(args: list[str], world: int = 2, per_rank=None, env=None, on_start=None):
+    """Run `python -m finercut_tui run ARGS` on `world` ranks; [(returncode, stderr)] per rank."""
+    port = _free_port()
+    procs = []
+    try:
+        for rank in range(world):
+            extra = (
+                {}
+                if world == 1
+                else {
+                    "RANK": str(rank),
+                    "WORLD_SIZE": str(world),
+                    "LOCAL_RANK": str(rank),
+                    "LOCAL_WORLD_SIZE": str(world),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port),
+                }
+            )
+            argv = [sys.executable, "-m", "finercut_tui", "run", *args, *((per_rank or {}).get(rank, []))]
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=ROOT,
+                    env=_env(**extra, **(env or {})),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        if on_start is not None:
+            on_start(procs)
+        deadline = time.monotonic() + TIMEOUT
+        out = []
+        for p in procs:
+            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            out.append((p.returncode, err))
+        return out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def base(model, session, *extra):
+    return [
+        "--model",
+        str(model),
+        "--calib",
+        TEXT,
+        "--calib-samples",
+        "3",
+        "--seq-len",
+        "16",
+        "--device",
+        "cpu",
+        "--dist-timeout",
+        "60",
+        "--session",
+        str(session),
+        "--quiet",
+        *extra,
+    ]
+
+
+def ok(results):
+    for rank, (code, err) in enumerate(results):
+        assert code == 0, f"rank {rank} exited {code}: {err}"
+        assert "Traceback" not in err
+
+
+def steps(path):
+    return [(s.removed, s.score, s.scores) for s in Session.load(path).steps]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = {}
+    for name in ("llama", "qwen3"):
+        out[name] = save_tiny_checkpoint(tmp_path_factory.mktemp(name), name)
+    return out
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+def test_detect_reads_torchrun_and_slurm_variables():
+    assert detect({}) == (0, 1, 0)
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert detect(env) == (3, 4, 1)
+    slurm = {
+        "SLURM_PROCID": "2",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "0",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1",
+    }
+    assert detect(slurm) == (2, 4, 0)
+
+
+def test_split_by_cost_is_balanced_deterministic_and_complete():
+    cands = [f"{b}.{k}" for b in range(8) for k in ("attn", "mlp")]
+    parts = split_by_cost(cands, 8, 2)
+    assert sorted(u for p in parts for u in p) == sorted(cands)
+    loads = [sum(8 - int(u.split(".")[0]) + 1 for u in p) for p in parts]
+    assert abs(loads[0] - loads[1]) <= 9  # at most one candidate's cost apart
+    assert parts == split_by_cost(cands, 8, 2)
+    assert all(p == sorted(p, key=cands.index) for p in parts)
+    assert [rows_of(5, r, 2) for r in range(2)] == [slice(0, 3), slice(3, 5)]
+
+
+# -- equal to one process --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_process(models, tmp_path_factory):
+    """Reference runs in one process (one thread, like each rank)."""
+    tmp = tmp_path_factory.mktemp("one")
+    out = {}
+    for name, path in models.items():
+        ok(launch(base(path, tmp / f"{name}.yaml", "--target", "5"), world=1))
+        out[name] = tmp / f"{name}.yaml"
+    ok(
+        launch(
+            base(
+                models["llama"], tmp / "joint.yaml", "--method", "joint-drop", "--iterative", "--target", "4"
+            ),
+            world=1,
+        )
+    )
+    out["joint"] = tmp / "joint.yaml"
+    return out
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_finercut_two_ranks_equal_one_process(name, models, one_process, tmp_path):
+    session = tmp_path / "s.yaml"
+    ok(launch(base(models[name], session, "--target", "5")))
+    assert steps(session) == steps(one_process[name])  # order, chosen scores and every score, exactly
+    assert [s.world_size for s in Session.load(session).steps] == [2] * 5
+    assert "world_size" not in one_process[name].read_text()
+
+
+def test_iterative_joint_drop_two_ranks_equal_one_process(models, one_process, tmp_path):
+    session = tmp_path / "s.yaml"
+    ok(launch(base(models["llama"], session, "--method", "joint-drop", "--iterative", "--target", "4")))
+    mine, ref = steps(session), steps(one_process["joint"])
+    assert [s[0] for s in mine] == [s[0] for s in ref]
+    for (_, score, scores), (_, ref_score, ref_scores) in zip(mine, ref, strict=True):
+        assert score == pytest.approx(ref_score, rel=1e-9, abs=1e-12)  # summation order only
+        assert scores.keys() == ref_scores.keys()
+        assert list(scores.values()) == pytest.approx(list(ref_scores.values()), rel=1e-9, abs=1e-12)
+
+
+# -- resume on another world size -----------------------------------------------------------------
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_resume_on_another_world_size_continues_exactly(first, then, models, one_process, tmp_path):
+    session = tmp_path / "s.yaml"
+    ok(launch(base(models["llama"], session, "--target", "2"), world=first))
+    ok(launch(base(models["llama"], session, "--target", "5", "--resume"), world=then))
+    assert steps(session) == steps(one_process["llama"])
+    assert [s.world_size for s in Session.load(session).steps] == [first] * 2 + [then] * 3
+
+
+# -- refusals and faults -----------------------------------------------------------------------------
+def test_other_calibration_on_one_rank_is_refused_with_one_line(models, tmp_path):
+    session = tmp_path / "s.yaml"
+    args = base(models["llama"], session, "--target", "2")
+    i = args.index("--calib-samples")
+    args[i : i + 2] = []
+    results = launch(args, per_rank={0: ["--calib-samples", "3"], 1: ["--calib-samples", "2"]})
+    lines = [line for _, err in results for line in err.splitlines() if line.startswith("finercut-tui:")]
+    assert not any("Traceback" in err for _, err in results)
+    assert [code for code, _ in results] == [2, 2]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "finercut-tui: error: rank 1 differs from rank 0 in calibration: 2 x 16 tokens"
+    )
+    assert not session.exists()  # refused before the session was written
+
+
+def test_killed_rank_ends_the_run_with_one_line_and_the_session_resumes(models, one_process, tmp_path):
+    session = tmp_path / "s.yaml"
+    started = time.monotonic()
+    results = launch(base(models["llama"], session, "--target", "5"), env={"FINERCUT_FAULT_DIE_AT": "3"})
+    assert time.monotonic() - started < 60  # well within --dist-timeout: the closed connection ends it
+    (code0, err0), (code1, err1) = results
+    assert code1 == -9 and err1.strip() == ""
+    lines = [line for line in err0.splitlines() if line.startswith("finercut-tui:")]
+    assert "Traceback" not in err0
+    assert code0 != 0 and len(lines) == 1, err0
+    assert lines[0].startswith("finercut-tui: error: rank 0: lost the other ranks")
+    assert [s.removed for s in Session.load(session).steps] == [s[0] for s in steps(one_process["llama"])][:2]
+    ok(launch(base(models["llama"], session, "--target", "5", "--resume"), world=1))
+    assert steps(session) == steps(one_process["llama"])
+
+
+def test_the_app_refuses_torchrun_with_one_line(tmp_path, monkeypatch, capsys):
+    from finercut_tui.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code = main(["tui", "--model", "x", "--session", str(tmp_path / "s.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the app does not run under torchrun yet" in err and "Traceback" not in err
+    assert not (tmp_path / "s.yaml").exists()
