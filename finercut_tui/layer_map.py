@@ -26,7 +26,6 @@ from finercut_tui.session import Session
 LEVELS = 8  # score colour steps, 0 = lowest score of the step = most removable
 BARS = "▁▂▃▄▅▆▇█"
 KIND_LABEL = {"attn": "attn", "mlp": "ffn"}
-FINISHED = ("target", "exhausted")  # SearchFinished reasons after which the search is done
 
 
 class CellState(StrEnum):

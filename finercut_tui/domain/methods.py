@@ -6,7 +6,7 @@ in the engine keyed on `Method.scoring`. No other module compares method names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Set
 from dataclasses import dataclass
 
 from finercut_tui.domain.pins import Pins
@@ -165,8 +165,3 @@ def front_held_blocks(
     if removed_count >= int(2 * num_blocks * exclude_front) + 1:
         return set()
     return set(range(int(num_blocks * exclude_front) + 1))
-
-
-def units_in(ids: Iterable[str], method: Method) -> list[str]:
-    """The method's units among `ids`, in order, without repeats."""
-    return list(dict.fromkeys(method.unit_of(s) for s in expand(ids)))

@@ -119,6 +119,9 @@ class LogMessage:
     level: str = "info"  # "info" | "warning" | "error"
 
 
+DONE_REASONS = ("target", "exhausted")  # SearchFinished reasons after which the search is done
+
+
 @dataclass(frozen=True)
 class SearchFinished:
     reason: str  # "target" | "cancelled" | "exhausted" | "error"

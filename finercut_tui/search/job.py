@@ -28,6 +28,7 @@ from finercut_tui.search.controller import Controller
 from finercut_tui.search.distributed import SINGLE, World
 from finercut_tui.search.engine import SearchEngine
 from finercut_tui.search.events import (
+    DONE_REASONS,
     EvalFailed,
     EvalFinished,
     Event,
@@ -115,7 +116,7 @@ class Job:
         elif isinstance(event, EvalFinished | EvalFailed):
             s.evals.append(event.record)
         elif isinstance(event, SearchFinished):
-            s.finished = event.reason in ("target", "exhausted")
+            s.finished = event.reason in DONE_REASONS
         elif isinstance(event, LogMessage) and self._batch_size_changed():
             # resume scores at the size an out-of-memory fallback shrank to
             s.method = dataclasses.replace(s.method, batch_size=self.engine.scorer.batch_size)

@@ -128,7 +128,7 @@ class LiveScreen(WorkbenchScreen):
             return "error"
         m = self.map
         if m.finished:
-            return "finished" if m.finished in ("target", "exhausted") else m.finished
+            return "finished" if m.finished in E.DONE_REASONS else m.finished
         if m.evaluating:
             return "evaluating"
         controller = getattr(self.job, "controller", None)
@@ -182,7 +182,7 @@ class LiveScreen(WorkbenchScreen):
 
     def finished(self) -> bool:
         """The search reached its target (or ran out) and the model waits for the user."""
-        return self.search_alive and self.map.finished in ("target", "exhausted")
+        return self.search_alive and self.map.finished in E.DONE_REASONS
 
     why_not_toggle_pause = why_not_step_once = why_not_evaluate = no_search
 
