@@ -469,3 +469,55 @@ def test_leaving_the_app_any_way_ends_the_serving_search(tmp_path, loaded):
     runner.join(timeout=180)
     assert not runner.is_alive(), "the app did not exit: the serving search thread was never cancelled"
     assert seen["serving"] and job.controller.cancelled
+
+
+@run_async
+async def test_a_failed_evaluation_leaves_evaluating_and_is_shown(tmp_path, loaded):
+    """The evaluation raises: the header leaves 'evaluating', the failure is in the panel, the
+    notifications and the session, and q quits without asking about a running evaluation."""
+    from textual.widgets import Input
+
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.panels import EvalTable
+    from finercut_tui.tui.screens import ConfirmScreen, EvalScreen
+
+    job = make_job(tmp_path, loaded, target="3")
+
+    def broken(request, step):
+        raise RuntimeError("the disk with the eval text vanished")
+
+    job.engine.evaluator = broken
+    job.controller.pause()
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    said = record_notifications(app)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.workbench.state() == "paused", "the pause")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+        app.screen.query_one("#ppl", Input).value = ENGLISH
+        app.screen.query_one("#ppl", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(e.failed for e in on_disk(job).evals), "the failure in the session")
+        await wait_for(pilot, lambda: app.workbench.state() == "paused", "the header back to paused")
+        assert on_disk(job).evals[-1].error == "RuntimeError: the disk with the eval text vanished"
+        assert any("evaluation at step 0 failed" in line for line in said)
+        table = app.workbench.query_one(EvalTable)
+        cells = [str(c) for row in range(table.row_count) for c in table.get_row_at(row)]
+        assert any("failed: RuntimeError: the disk with the eval text vanished" in c for c in cells)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running or isinstance(app.screen, ConfirmScreen), "q")
+        assert not isinstance(app.screen, ConfirmScreen)
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+
+
+def test_the_eval_form_offers_text_the_run_can_reach():
+    from finercut_tui.eval.request import EvalRequest
+    from finercut_tui.tui.screens import EvalForm
+
+    assert EvalForm.first_for(None, "pydoc").ppl == "pydoc"  # the offline demo: pydoc's held-out half
+    assert EvalForm.first_for(None, "wikitext2").ppl == "wikitext2"
+    asked = EvalRequest(ppl="my.txt", tasks="arc_easy")
+    assert (EvalForm.first_for(asked, "pydoc").ppl, EvalForm.first_for(asked, "pydoc").tasks) == (
+        "my.txt",
+        "arc_easy",
+    )

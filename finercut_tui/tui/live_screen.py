@@ -60,7 +60,7 @@ class LiveScreen(WorkbenchScreen):
         self._started = clock()
         self._elapsed_before = sum(s.seconds or 0.0 for s in session.steps)
         request = job.setup.schedule.request if job is not None else None
-        self._eval_form = EvalForm.first_for(request)
+        self._eval_form = EvalForm.first_for(request, session.calibration.source)
 
     # -- the search worker -----------------------------------------------------------------------------
     def started(self) -> None:

@@ -160,9 +160,12 @@ class EvalForm:
     limit: str = ""
 
     @classmethod
-    def first_for(cls, request: Any) -> EvalForm:
-        """What the dialog shows first: the search's own evaluation request, else wikitext2."""
+    def first_for(cls, request: Any, calibration_source: str | None = None) -> EvalForm:
+        """What the dialog shows first: the search's own evaluation request; else held-out text this
+        run can reach (pydoc's other half when it calibrates on pydoc, as the offline demo does)."""
         if request is None:
+            if calibration_source == "pydoc":
+                return cls(ppl="pydoc", ppl_max_tokens="4096")
             return cls(ppl="wikitext2")
         return cls(
             ppl=request.ppl or "",
