@@ -196,3 +196,44 @@ def test_distance_in_the_model_dtype(monkeypatch):
     assert "distance_dtype" not in SearchSpec().record_fields()  # the default leaves old files as they are
     with pytest.raises(FinercutError, match="unknown --distance-dtype"):
         SearchSpec(distance_dtype="fp8").validate()
+
+
+def test_a_session_of_the_old_rule_resumes_with_it(tmp_path, capsys):
+    """A session written before the rule was fixed (no exclude_front_rule key) continues under the
+    halved rule: its order equals an uninterrupted run under that rule, not under the new one."""
+    import yaml
+    from builders import save_tiny_checkpoint
+
+    from finercut_tui.cli import main
+
+    model = save_tiny_checkpoint(tmp_path / "llama", "llama", num_hidden_layers=6)
+    common = ["run", "--model", str(model), "--calib", "tests/data/english.txt", "--calib-samples", "2"]
+    common += ["--seq-len", "16", "--exclude-front", "0.5", "--quiet"]
+
+    def as_old(path):  # what an older finercut-tui wrote: the same mapping without the rule key
+        data = yaml.safe_load(path.read_text())
+        del data["method"]["exclude_front_rule"]
+        path.write_text(yaml.safe_dump(data, sort_keys=False, width=120))
+
+    halved = SearchSpec(exclude_front=0.5, front_rule="halved")
+    # L=6, X=0.5, halved rule: blocks 0..1 wait until 4 removals; the reference rule holds 0..3 until 7
+    assert halved.held_blocks(6, 0) == {0, 1} and SearchSpec(exclude_front=0.5).held_blocks(6, 0) == {
+        0,
+        1,
+        2,
+        3,
+    }
+    whole, part = tmp_path / "whole.yaml", tmp_path / "part.yaml"
+    assert main([*common, "--target", "1", "--session", str(whole)]) == 0
+    as_old(whole)
+    assert main([*common, "--target", "6", "--session", str(whole), "--resume"]) == 0
+    assert main([*common, "--target", "1", "--session", str(part)]) == 0
+    as_old(part)
+    assert main([*common, "--target", "3", "--session", str(part), "--resume"]) == 0
+    assert main([*common, "--target", "6", "--session", str(part), "--resume"]) == 0
+    order = Session.load(whole).removed_at()
+    assert Session.load(part).removed_at() == order
+    assert all(int(s.split(".")[0]) >= 2 for s in order[:4])  # the halved rule held blocks 0..1
+    assert "exclude_front_rule" not in part.read_text()  # still written as recorded
+    held = set(LayerMap.from_session(Session.load(part), 1).held_back)
+    assert held == {"0.attn", "0.mlp", "1.attn", "1.mlp"}  # the halved rule, not blocks 0..3
