@@ -67,15 +67,7 @@ def plot(
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("clear")
-    ys_all = [y for s in drawn for _, y in s.points]
-    if log_y and min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
-        plt.yscale("log")
-        lo, hi = math.log10(min(ys_all)), math.log10(max(ys_all))
-        ticks = [10 ** (lo + (hi - lo) * i / 4) for i in range(5)]
-        plt.yticks(ticks, [f"{t:.3g}" for t in ticks])
-    for s in drawn:
-        xs, ys = zip(*s.points, strict=True)
-        plt.plot(list(xs), list(ys), label=s.label, marker="braille")
+    draw_series(plt, drawn, log_y, ticks=5)
     plt.title(title)
     plt.xlabel("removals")
     if ylabel:
@@ -83,6 +75,20 @@ def plot(
     text = plt.build() if colour else plt.uncolorize(plt.build())
     plt.clear_figure()
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+def draw_series(plt, series: list[Series], log_y: bool, ticks: int) -> None:
+    """The series as braille lines on a plotext figure (the module, or textual-plotext's `plt`); a log
+    y axis with `ticks` readable labels when asked and the values span more than 20x."""
+    ys_all = [y for s in series for _, y in s.points]
+    if log_y and ys_all and min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
+        plt.yscale("log")
+        lo, hi = math.log10(min(ys_all)), math.log10(max(ys_all))
+        at = [10 ** (lo + (hi - lo) * i / (ticks - 1)) for i in range(ticks)]
+        plt.yticks(at, [f"{t:.3g}" for t in at])
+    for s in series:
+        xs, ys = zip(*s.points, strict=True)
+        plt.plot(list(xs), list(ys), label=s.label, marker="braille")
 
 
 def session_curves(sessions: list[tuple[str, Session]], width: int = 72, colour: bool = False) -> list[str]:

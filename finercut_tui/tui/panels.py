@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ from rich.text import Text
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from finercut_tui.curves import Series
+from finercut_tui.curves import Series, draw_series
 from finercut_tui.domain.evals import EvalRecord, describe_eval, fmt_value, retained_text
 from finercut_tui.domain.records import HealRecord
 from finercut_tui.domain.text import clock, fmt_score
@@ -192,15 +191,7 @@ class CurvesPlot(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         drawn = [s for s in series if s.points]
-        ys_all = [y for s in drawn for _, y in s.points]
-        if log_y and ys_all and min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
-            plt.yscale("log")
-            lo, hi = math.log10(min(ys_all)), math.log10(max(ys_all))
-            ticks = [10 ** (lo + (hi - lo) * i / 3) for i in range(4)]
-            plt.yticks(ticks, [f"{t:.3g}" for t in ticks])
-        for s in drawn:
-            xs, ys = zip(*s.points, strict=True)
-            plt.plot(list(xs), list(ys), label=s.label, marker="braille")
+        draw_series(plt, drawn, log_y, ticks=4)
         if mark is not None and drawn:
             plt.vline(mark, "gray")
         plt.xlabel("removals")
