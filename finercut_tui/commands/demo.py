@@ -75,8 +75,11 @@ def run(args) -> int:
     job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 2 x 64 tokens"
     if args.headless:
         bar = ProgressBar()
-        for event in job.events():
-            bar(event)
+        try:
+            for event in job.events():
+                bar(event)
+        finally:
+            bar.close()
         print(f"session saved: {job.session_path}", file=sys.stderr)
         print(" ".join(job.session.removed_at()))
         return 0

@@ -270,31 +270,64 @@ def _prepare(args, progress, world, existing):
 
 
 class ProgressBar:
-    """step k/n, candidate i/m, ETA on stderr; one line per event otherwise (and when not a terminal)."""
+    """On a terminal, a Rich bar for this step (candidate i/m, the last score, the search's ETA) with
+    one line per event printed above it; elsewhere (a log file) the event lines alone."""
 
     def __init__(self, stream=None):
+        from rich.console import Console
+
         self.stream = stream if stream is not None else sys.stderr  # the stream of now, not of import time
-        self.tty = self.stream.isatty()
+        self.console = Console(file=self.stream, highlight=False)
+        self.tty = self.console.is_terminal
         self.progress = SearchProgress()
         self.started = time.perf_counter()
+        self._bar = None
+
+    def _live(self):
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[last]}  ETA {task.fields[eta]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self._bar.add_task("step", total=None, last="", eta="--:--")
+            self._bar.start()
+        return self._bar
 
     def __call__(self, event) -> None:
         self.progress.apply(event)
         if isinstance(event, CandidateScored):
             if self.tty:
                 p = self.progress
-                self.stream.write(
-                    f"\rstep {p.done + 1}/{p.target}  candidate {event.index}/{event.total}  "
-                    f"{event.sublayer:>9} {event.score:.5f}  ETA {clock(p.eta_seconds())}   "
+                self._live().update(
+                    self._task,
+                    description=f"step {p.done + 1}/{p.target}",
+                    completed=event.index,
+                    total=event.total,
+                    last=f"{event.sublayer} {event.score:.5f}",
+                    eta=clock(p.eta_seconds()),
                 )
-                self.stream.flush()
             return
         line = describe_event(event)
         if isinstance(event, SearchFinished):
             line += f" in {time.perf_counter() - self.started:.1f}s"
-        if line:
-            self.stream.write(("\r" + line.ljust(79)).rstrip() + "\n" if self.tty else line + "\n")
+        if line and self.tty:
+            self.console.print(line, markup=False, soft_wrap=True)
+        elif line:
+            self.stream.write(line + "\n")
             self.stream.flush()
+        if isinstance(event, SearchFinished):
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def run(args) -> int:
@@ -323,11 +356,15 @@ def _run(args, world) -> int:
     job = job_from_args(args, progress=progress_printer(quiet), world=world)
     bar = None if quiet else ProgressBar()
     finished = None
-    for event in job.events():
+    try:
+        for event in job.events():
+            if bar is not None:
+                bar(event)
+            if isinstance(event, SearchFinished):
+                finished = event
+    finally:
         if bar is not None:
-            bar(event)
-        if isinstance(event, SearchFinished):
-            finished = event
+            bar.close()  # an error must not leave the terminal inside a live display
     if not world.is_main:
         return 0 if finished is not None and finished.reason != "error" else 1
     if not quiet:
