@@ -12,6 +12,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a module of tiny-model runs: they are as fast on one thread, and two threads thrash when
+    another process holds a core (use with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def english_text() -> str:
     return (DATA / "english.txt").read_text(encoding="utf-8")

@@ -33,13 +33,7 @@ SUBLAYERS = ["0.attn", "1.mlp", "2.block", "3.attn"]  # single sublayers: load_p
 BLOCKS = ["1.block", "3.attn", "3.mlp"]  # whole blocks only: plain transformers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and two threads thrash when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

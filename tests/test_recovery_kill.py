@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from builders import save_tiny_checkpoint
 
@@ -83,13 +82,7 @@ MOMENTS = {
 CASES = [(method, *moment) for method, moments in MOMENTS.items() for moment in moments]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and two threads thrash when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

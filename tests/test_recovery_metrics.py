@@ -2,7 +2,6 @@
 against the slow reference greedy loop (a full forward of the unmodified model per candidate)."""
 
 import pytest
-import torch
 import yaml
 from builders import save_tiny_checkpoint
 from reference import greedy_finercut
@@ -13,13 +12,7 @@ TEXT = "tests/data/english.txt"
 SAMPLES, SEQ_LEN = 3, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and two threads thrash when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the session records the smaller batch and a resume keeps it; at batch size 1 the
 one-line advice and a session that resumes to the same order."""
 
 import pytest
-import torch
 import yaml
 from builders import save_tiny_checkpoint
 
@@ -16,13 +15,7 @@ SAMPLES = 4
 L = 4  # blocks of the tiny model: 8 candidates in step 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and two threads thrash when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
