@@ -37,8 +37,10 @@ def _env(**extra) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], world: int = 2, per_rank=None, env=None, on_start=None):
-    """Run `python -m finercut_tui run ARGS` on `world` ranks; [(returncode, stderr)] per rank."""
+def launch(args: list[str], world: int = 2, per_rank=None, env=None, command="run", rank0=None, wait=None):
+    """Run `python -m finercut_tui COMMAND ARGS` on `world` ranks (rank 0's program may be `rank0`,
+    a script taking the same argv); [(returncode, stderr)] of the ranks in `wait` (default all).
+    Every process still running at the end is killed."""
     port = _free_port()
     procs = []
     try:
@@ -55,7 +57,8 @@ def launch(args: list[str], world: int = 2, per_rank=None, env=None, on_start=No
                     "MASTER_PORT": str(port),
                 }
             )
-            argv = [sys.executable, "-m", "finercut_tui", "run", *args, *((per_rank or {}).get(rank, []))]
+            program = [str(rank0)] if rank == 0 and rank0 else ["-m", "finercut_tui"]
+            argv = [sys.executable, *program, command, *args, *((per_rank or {}).get(rank, []))]
             procs.append(
                 subprocess.Popen(
                     argv,
@@ -66,11 +69,9 @@ def launch(args: list[str], world: int = 2, per_rank=None, env=None, on_start=No
                     text=True,
                 )
             )
-        if on_start is not None:
-            on_start(procs)
         deadline = time.monotonic() + TIMEOUT
         out = []
-        for p in procs:
+        for p in procs if wait is None else [procs[r] for r in wait]:
             _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
             out.append((p.returncode, err))
         return out
@@ -78,7 +79,7 @@ def launch(args: list[str], world: int = 2, per_rank=None, env=None, on_start=No
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+                p.communicate()
 
 
 def base(model, session, *extra):
@@ -230,12 +231,68 @@ def test_killed_rank_ends_the_run_with_one_line_and_the_session_resumes(models, 
     assert steps(session) == steps(one_process["llama"])
 
 
-def test_the_app_refuses_torchrun_with_one_line(tmp_path, monkeypatch, capsys):
-    from finercut_tui.cli import main
+def test_a_hung_rank_ends_the_run_within_the_timeout_and_the_session_resumes(models, one_process, tmp_path):
+    """The last rank stops (SIGSTOP: alive, silent) in step 3; rank 0 gives up after --dist-timeout."""
+    session = tmp_path / "s.yaml"
+    args = base(models["llama"], session, "--target", "5")
+    args[args.index("--dist-timeout") + 1] = "20"  # short, but long enough for both ranks to load
+    ((code0, err0),) = launch(args, env={"FINERCUT_FAULT_HANG_AT": "3"}, wait=[0])
+    lines = [line for line in err0.splitlines() if line.startswith("finercut-tui:")]
+    assert "Traceback" not in err0
+    assert code0 != 0 and len(lines) == 1, err0
+    assert lines[0].startswith("finercut-tui: error: rank 0: lost the other ranks")
+    assert "--dist-timeout 20s" in lines[0] and "--resume continues" in lines[0]
+    assert [s.removed for s in Session.load(session).steps] == [s[0] for s in steps(one_process["llama"])][:2]
+    ok(launch(base(models["llama"], session, "--target", "5", "--resume"), world=1))
+    assert steps(session) == steps(one_process["llama"])
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    code = main(["tui", "--model", "x", "--session", str(tmp_path / "s.yaml")])
-    err = capsys.readouterr().err
-    assert code == 2 and "the app does not run under torchrun yet" in err and "Traceback" not in err
-    assert not (tmp_path / "s.yaml").exists()
+
+# -- the app on rank 0, the other ranks following its keys --------------------------------------------
+DRIVER = ROOT / "tests" / "dist_tui_driver.py"
+
+
+def _app_session(path):
+    s = Session.load(path)
+    return (
+        [(st.removed, st.by, st.score, st.scores) for st in s.steps],
+        s.pinned.canonical(),
+        [u.to_dict() for u in s.undone],
+        [e.step for e in s.evals],
+        s.finished,
+    )
+
+
+def test_the_app_on_rank_0_steers_every_rank_as_in_one_process(models, tmp_path):
+    """tests/dist_tui_driver.py presses pause, step, pin, remove, undo, evaluate, resume, one more and
+    quit in rank 0's app; rank 1 runs the plain `tui` command. Had rank 1 missed a command, its
+    candidates would differ and the search would stop with "rank 1 diverged"; the session equals the
+    same keys pressed in one process, score for score."""
+    args = base(models["llama"], tmp_path / "two.yaml", "--target", "4")
+    args.remove("--quiet")
+    results = launch(args, command="tui", rank0=DRIVER)
+    ok(results)
+    assert results[1][1].strip() == ""  # the follower prints nothing
+    one = base(models["llama"], tmp_path / "one.yaml", "--target", "4")
+    one.remove("--quiet")
+    ok(launch(one, world=1, command="tui", rank0=DRIVER))
+    two, ref = _app_session(tmp_path / "two.yaml"), _app_session(tmp_path / "one.yaml")
+    assert two == ref
+    removed, pinned, undone, evals, finished = two
+    assert [by for _, by, _, _ in removed] == ["search", "manual", "search", "search", "search"]
+    assert pinned and undone and 2 in evals and finished
+    assert [st.world_size for st in Session.load(tmp_path / "two.yaml").steps if st.by == "search"] == [2] * 4
+
+
+def test_quitting_the_app_mid_step_ends_every_rank_cleanly(models, one_process, tmp_path):
+    """q while rank 0 scores step 1: every rank stops after its current candidate and exits 0 (no
+    lost-rank line); the session holds no half step and a resume gives the one-process order."""
+    session = tmp_path / "s.yaml"
+    args = base(models["llama"], session, "--target", "5")
+    args.remove("--quiet")
+    results = launch(args, command="tui", rank0=DRIVER, env={"DRIVER_SCENARIO": "quit-mid-step"})
+    ok(results)
+    assert results[1][1].strip() == ""
+    saved = Session.load(session)
+    assert saved.steps == [] and not saved.finished
+    ok(launch(base(models["llama"], session, "--target", "5", "--resume")))
+    assert steps(session) == steps(one_process["llama"])

@@ -340,7 +340,7 @@ def run(args) -> int:
         distributed.close_world()
 
 
-def _silence_loading_bars() -> None:
+def silence_loading_bars() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
@@ -352,7 +352,7 @@ def _silence_loading_bars() -> None:
 def _run(args, world) -> int:
     quiet = args.quiet or not world.is_main  # rank 0 alone prints
     if not world.is_main:
-        _silence_loading_bars()
+        silence_loading_bars()
     job = job_from_args(args, progress=progress_printer(quiet), world=world)
     bar = None if quiet else ProgressBar()
     finished = None

@@ -1,4 +1,7 @@
-"""`finercut-tui tui`: start or resume a search inside the workbench app (same options as `run`)."""
+"""`finercut-tui tui`: start or resume a search inside the workbench app (same options as `run`).
+
+Under torchrun rank 0 draws the app; the other ranks run the same search headless and follow rank
+0's keys, which the engine broadcasts at its checkpoints (search/engine.py)."""
 
 from __future__ import annotations
 
@@ -37,25 +40,41 @@ def apply_terminal_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finercut_tui.search import distributed
+
+    apply_terminal_args(args)
+    world = distributed.init_world(args.dist_timeout, args.device, args.gpus_per_replica)
+    try:
+        return _app(args, world) if world.is_main else _follow(args, world)
+    finally:
+        distributed.close_world()
+
+
+def _follow(args: argparse.Namespace, world) -> int:
+    """A rank other than 0: the same search, no screen; it ends when rank 0's app quits."""
+    from finercut_tui.commands.common import progress_printer
+    from finercut_tui.commands.run import job_from_args, silence_loading_bars
+
+    silence_loading_bars()
+    job = job_from_args(args, progress=progress_printer(quiet=True), world=world)
+    for _ in job.events(serve=True):
+        pass
+    return 0
+
+
+def _app(args: argparse.Namespace, world) -> int:
     from finercut_tui.commands.common import progress_printer
     from finercut_tui.commands.run import job_from_args
 
-    apply_terminal_args(args)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from finercut_tui.errors import FinercutError
-
-        raise FinercutError(
-            "the app does not run under torchrun yet: launch `finercut-tui run` there (same options), "
-            "then open the session in one process with `finercut-tui tui --resume`"
-        )
-    job = job_from_args(args, progress=progress_printer())
+    job = job_from_args(args, progress=progress_printer(), world=world)
     from finercut_tui.tui.app import WorkbenchApp
 
     app = WorkbenchApp(job.session, job.session_path, job=job)
     code = app.run(mouse=not args.no_mouse)
     print(f"session saved: {job.session_path}", file=sys.stderr)
     if app.search_running:
-        # quit with a second q while an evaluation still ran: don't wait for the worker thread
+        # quit with a second q while an evaluation still ran: don't wait for the worker thread (under
+        # torchrun the other ranks then end with the lost-rank line)
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(0)

@@ -1,7 +1,9 @@
 """Commands flowing into a running search: the UI thread calls these, the search thread polls.
 
-The search calls `checkpoint()` between candidate evaluations; it returns the queued commands and
-blocks while paused (still returning commands such as pin or evaluate that make sense while paused).
+At each checkpoint the search takes a `Directive` (the queued commands, paused, cancelled) and
+blocks while paused (still taking commands such as pin or evaluate that make sense while paused).
+Under torchrun rank 0's directive is broadcast, so every rank applies the same commands at the same
+checkpoint (search/engine.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ from typing import Any
 class Command:
     name: str  # pin | unpin | force_remove | undo | evaluate | extend
     arg: Any = None
+
+
+@dataclass(frozen=True)
+class Directive:
+    """What the search does at a checkpoint: apply `commands` in order, then stop or wait."""
+
+    commands: tuple[Command, ...] = ()
+    paused: bool = False
+    cancelled: bool = False
 
 
 class Cancelled(Exception):
@@ -90,11 +101,12 @@ class Controller:
         return self._cancelled.is_set()
 
     # -- called from the search thread -----------------------------------------------------------
-    def drain(self) -> list[Command]:
+    def directive(self) -> Directive:
+        """Take the queued commands with the pause and cancel state, in one go."""
         with self._cond:
-            commands = list(self._queue)
+            commands = tuple(self._queue)
             self._queue.clear()
-        return commands
+            return Directive(commands, self._paused, self._cancelled.is_set())
 
     def extend(self, target: int) -> None:
         """After the search reached its target: search on to `target` removals."""

@@ -161,6 +161,34 @@ class World:
         self._collective(lambda: dist.all_reduce(work))
         return work.to(dev)
 
+    # -- the process group's key-value store: flags and counters that need no collective ----------
+    def store(self) -> Any:
+        """torch.distributed's own store (TCPStore under torchrun), or None in one process."""
+        if not self.active:
+            return None
+        try:
+            import torch.distributed as dist
+
+            return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
+        except Exception:  # noqa: BLE001 - a missing store only costs the early stop and the shared count
+            return None
+
+    def signal_stop(self) -> None:
+        """Rank 0 was cancelled mid-step: the others stop after their current candidate."""
+        store = self.store()
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.set(_STOP_KEY, "1")
+
+    def stop_signalled(self) -> bool:
+        store = self.store()
+        if store is None:
+            return False
+        try:
+            return bool(store.check([_STOP_KEY]))
+        except Exception:  # noqa: BLE001 - the next collective reports a broken group
+            return False
+
     # -- agreement --------------------------------------------------------------------------------
     def agree(self, error: BaseException | None) -> None:
         """Every rank calls this; when any rank had an error, all raise the first such rank's line."""
@@ -200,6 +228,9 @@ class World:
                     dist.destroy_process_group()
             finally:
                 self.initialized = False
+
+
+_STOP_KEY = "finercut/stop"
 
 
 def _short(value: Any) -> str:

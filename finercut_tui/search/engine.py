@@ -8,6 +8,12 @@ ranks once on the dense model, iterative re-measures after every removal.
 Between candidate evaluations the engine polls the controller: pause/step/cancel, pin/unpin,
 force-remove, undo and evaluate-now. A manual removal or an undo changes the model, so the
 current step starts over; an evaluation leaves everything as it was.
+
+Under torchrun every checkpoint is a broadcast of rank 0's directive: the other ranks apply rank 0's
+commands (its app's keys) at the same point, so all replicas keep the same model. With more than one
+rank the checkpoints lie between steps (every rank scores its share of a step), except cancel, which
+all ranks see after their current candidate; evaluations run on rank 0 while the others wait in the
+next collective (bounded by --dist-timeout).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSpec
 from finercut_tui.errors import FinercutError
 from finercut_tui.model.sublayers import expand, parse_id, sort_key
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.controller import Cancelled, Command, Controller
+from finercut_tui.search.controller import Cancelled, Command, Controller, Directive
 from finercut_tui.search.distributed import SINGLE, World, split_by_cost
 from finercut_tui.search.events import (
     CandidateScored,
@@ -160,16 +166,25 @@ class SearchEngine:
         """After `run`: keep the model a workbench until cancelled. Evaluate, undo, pin and remove by
         hand as during the search; `extend` raises the target and searches on."""
         while True:
-            try:
-                self.controller.raise_if_cancelled()
+            if self.world.is_main:
                 self.controller.wait_for_command()
-                for command in self.controller.drain():
+            directive = self._directive()
+            if directive.cancelled:
+                return
+            try:
+                for command in directive.commands:
                     if command.name == "extend":
                         yield from self._extend(int(command.arg))
                     else:
                         yield from self._handle(command, None, None)
             except Cancelled:
                 return
+
+    def _directive(self) -> Directive:
+        """This checkpoint's commands and state: the controller's, or under torchrun rank 0's on every
+        rank (one broadcast per checkpoint)."""
+        mine = self.controller.directive() if self.world.is_main else None
+        return self.world.broadcast(mine)
 
     def _extend(self, target: int) -> Iterator[Event]:
         if target <= self._progress():
@@ -240,20 +255,23 @@ class SearchEngine:
     def _score_finercut_world(self, candidates: list[str]) -> Iterator[Event]:
         """This rank's share of the candidates (balanced by cost), then every rank gets all scores.
 
-        Commands other than cancel are not taken mid-step here (every rank must score the same
-        step). An out-of-memory fallback on any rank restarts the step on all ranks at the smallest
-        batch size, as one process does."""
+        Commands other than cancel wait for the next step's checkpoint here (every rank must score the
+        same step); a cancel on rank 0 reaches the others through the process group's store, so all
+        stop after their current candidate. An out-of-memory fallback on any rank restarts the step on
+        all ranks at the smallest batch size, as one process does."""
         world, scorer = self.world, self.scorer
         mine = split_by_cost(candidates, self.pm.num_blocks, world.size)[world.rank]
-        counter = _SharedCounter(f"finercut/{self._rounds}")
+        counter = _SharedCounter(f"finercut/{self._rounds}", world)
         self._rounds += 1
-        error, scores, shrunk = None, {}, None
+        error, scores, shrunk, stopped = None, {}, None, False
         try:
             scorer.reference()
             scorer.begin_step()
             yield from self._drain_logs()
             for uid in mine:
-                self.controller.raise_if_cancelled()
+                if self._stop_requested():
+                    stopped = True
+                    break
                 yield CandidateStarted(self.step, uid, counter.peek() + 1, len(candidates))
                 t0 = time.perf_counter()
                 batch_size = scorer.batch_size
@@ -261,28 +279,37 @@ class SearchEngine:
                 if scorer.batch_size != batch_size:
                     shrunk = scorer.batch_size
                     break
-                _fault_die(self.step, world)
+                _fault(self.step, world)
                 seconds = (time.perf_counter() - t0) / world.size  # the world's pace, for the ETA
                 yield CandidateScored(self.step, uid, scores[uid], counter.add(), len(candidates), seconds)
                 yield from self._drain_logs()
-        except (Cancelled, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
         except Exception as exc:  # reported to every rank by the collective below
             error = exc
         world.agree(error)
-        results = world.all_gather((tuple(candidates), scores, shrunk))
-        for r, (theirs, _, _) in enumerate(results):
+        results = world.all_gather((tuple(candidates), scores, shrunk, stopped or self._stop_requested()))
+        if any(stop for *_, stop in results):
+            raise Cancelled()
+        for r, (theirs, *_) in enumerate(results):
             if list(theirs) != candidates:
                 raise FinercutError(f"rank {r} diverged from rank 0 at step {self.step}: other candidates")
-        sizes = [b for _, _, b in results if b is not None]
+        sizes = [b for _, _, b, _ in results if b is not None]
         if sizes:
             scorer.batch_size = min(sizes)
             yield from self._drain_logs()
             raise _Restart()
         merged: dict[str, float] = {}
-        for _, theirs, _ in results:
+        for _, theirs, _, _ in results:
             merged.update(theirs)
         return {u: merged[u] for u in candidates}  # model order, as one process records them
+
+    def _stop_requested(self) -> bool:
+        """Mid-step under torchrun: rank 0's controller was cancelled (it tells the others)."""
+        if self.controller.cancelled:
+            self.world.signal_stop()
+            return True
+        return self.world.stop_signalled()
 
     # -- similarity drop ---------------------------------------------------------------------------------
     def _importance(self) -> dict[str, float]:
@@ -392,15 +419,18 @@ class SearchEngine:
         restart = False
         announced_pause = False
         while True:
-            self.controller.raise_if_cancelled()
-            for command in self.controller.drain():
+            directive = self._directive()
+            if directive.cancelled:
+                raise Cancelled()
+            for command in directive.commands:
                 restart |= yield from self._handle(command, scores, pending)
-            if not self.controller.paused:
+            if not directive.paused:
                 break
             if not announced_pause:
                 announced_pause = True
                 yield Paused(self.step)
-            self.controller.wait_while_paused()
+            if self.world.is_main:  # the other ranks wait in the next broadcast
+                self.controller.wait_while_paused()
         if announced_pause:
             yield Resumed(self.step)
         if restart:
@@ -452,29 +482,27 @@ class SearchEngine:
 
 
 FAULT_DIE_ENV = "FINERCUT_FAULT_DIE_AT"
+FAULT_HANG_ENV = "FINERCUT_FAULT_HANG_AT"
 
 
-def _fault_die(step: int, world: World) -> None:
-    """For tests and developers: FINERCUT_FAULT_DIE_AT=K makes the last rank kill itself (SIGKILL)
-    after its first candidate of step K, as a crashed node would. Unset, it does nothing."""
-    spec = os.environ.get(FAULT_DIE_ENV, "").strip()
-    if spec and world.rank == world.size - 1 and spec == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
+def _fault(step: int, world: World) -> None:
+    """For tests and developers, under torchrun: FINERCUT_FAULT_DIE_AT=K makes the last rank kill
+    itself (SIGKILL) after its first candidate of step K, as a crashed node would;
+    FINERCUT_FAULT_HANG_AT=K makes it stop (SIGSTOP): alive and silent, as a hung node. Unset, they
+    do nothing."""
+    if world.rank != world.size - 1 or not world.active:
+        return
+    for name, sig in ((FAULT_DIE_ENV, signal.SIGKILL), (FAULT_HANG_ENV, signal.SIGSTOP)):
+        if os.environ.get(name, "").strip() == str(step):
+            os.kill(os.getpid(), sig)
 
 
 class _SharedCounter:
     """Candidates scored by all ranks in one scoring round, in the process group's own store (a
     plain count in one process): rank 0's progress counts the whole world's candidates."""
 
-    def __init__(self, key: str):
-        self.key, self.local, self.store = key, 0, None
-        try:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                self.store = dist.distributed_c10d._get_default_store()
-        except Exception:  # noqa: BLE001 - progress only: fall back to this rank's count
-            self.store = None
+    def __init__(self, key: str, world: World):
+        self.key, self.local, self.store = key, 0, world.store()
 
     def _add(self, n: int) -> int:
         if self.store is not None:

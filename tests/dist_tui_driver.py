@@ -1,0 +1,101 @@
+"""Rank 0 of `finercut-tui tui` under torchrun, its terminal replaced by Textual's pilot.
+
+Run as `python tests/dist_tui_driver.py tui ARGS...` (with or without torchrun's variables): the real
+CLI path (`cli.main`) starts the app; only `App.run` is swapped for a pilot that presses the keys a
+user would, each at a known point (the search starts paused, and every key waits for its effect).
+The other ranks run the plain `python -m finercut_tui tui ARGS...` and follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from test_tui_live import ENGLISH, _grid_pos, wait_for
+
+from finercut_tui.cli import main
+from finercut_tui.tui.app import WorkbenchApp
+
+
+async def press_every_command(app: WorkbenchApp) -> int:
+    """Pause, step, pin, remove, undo, evaluate, resume to the target, one more, quit."""
+    from textual.widgets import Input
+
+    from finercut_tui.tui.grid import LayerGrid
+    from finercut_tui.tui.screens import EvalScreen
+
+    job = app.job
+    job.controller.pause()  # before the search worker starts: every key below acts at a known point
+    async with app.run_test(size=(100, 30)) as pilot:
+        session, grid = job.session, app.query_one(LayerGrid)
+        await wait_for(pilot, lambda: app.workbench.state() == "paused", "the search to pause")
+
+        await pilot.press("n")  # one step, then paused again
+        await wait_for(pilot, lambda: len(app.map.removals) == 1 and app.map.paused, "one step")
+        first = session.steps[0]
+        best_next = min((u for u in first.scores if u != first.removed), key=first.scores.get)
+        grid.move_cursor(*_grid_pos(best_next))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: best_next in session.pinned, "the pin")
+
+        victim = next(u for u in sorted(first.scores) if u not in (first.removed, best_next))
+        grid.move_cursor(*_grid_pos(victim))
+        await pilot.press("x")
+        await wait_for(pilot, lambda: len(session.steps) == 2, "the manual removal")
+        await pilot.press("u")
+        await wait_for(pilot, lambda: len(session.steps) == 1 and session.undone, "the undo")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: len(session.steps) == 2, "the manual removal again")
+
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+        app.screen.query_one("#ppl", Input).value = ENGLISH
+        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
+        app.screen.query_one("#ppl", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(e.step == 2 for e in session.evals), "the evaluation")
+
+        await pilot.press("space")  # resume: search on to the target
+        await wait_for(pilot, lambda: session.finished, "the search to reach its target")
+        done = len(session.steps)
+        await pilot.press("n")  # after the target: one more removal
+        await wait_for(pilot, lambda: len(session.steps) == done + 1 and session.finished, "one more")
+        await pilot.press("q")  # the app leaves once the search (on every rank) has stopped
+        await wait_for(pilot, lambda: app.return_code is not None, "the app to leave")
+    return app.return_code or 0
+
+
+async def quit_mid_step(app: WorkbenchApp) -> int:
+    """Quit while rank 0 scores its second candidate of step 1 (held there until the quit)."""
+    import threading
+
+    job, scoring = app.job, threading.Event()
+    score, calls = job.engine.scorer.score, []
+
+    def held_score(uid: str) -> float:
+        calls.append(uid)
+        if len(calls) == 2:
+            scoring.set()
+            while not job.controller.cancelled:
+                job.controller.wait_for_command()
+        return score(uid)
+
+    job.engine.scorer.score = held_score
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, scoring.is_set, "the second candidate")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.return_code is not None, "the app to leave")
+    return app.return_code or 0
+
+
+SCENARIOS = {"every-command": press_every_command, "quit-mid-step": quit_mid_step}
+
+
+def _run_under_pilot(self: WorkbenchApp, **_: object) -> int:
+    return asyncio.run(SCENARIOS[os.environ.get("DRIVER_SCENARIO", "every-command")](self))
+
+
+if __name__ == "__main__":
+    WorkbenchApp.run = _run_under_pilot
+    sys.exit(main(sys.argv[1:]))
