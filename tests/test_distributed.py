@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from builders import save_tiny_checkpoint
 
+from finercut_tui.errors import FinercutError
 from finercut_tui.search.distributed import detect, rows_of, split_by_cost
 from finercut_tui.session import Session
 
@@ -145,6 +147,96 @@ def test_split_by_cost_is_balanced_deterministic_and_complete():
     assert parts == split_by_cost(cands, 8, 2)
     assert all(p == sorted(p, key=cands.index) for p in parts)
     assert [rows_of(5, r, 2) for r in range(2)] == [slice(0, 3), slice(3, 5)]
+
+
+class FakeCuda:
+    """torch.cuda as a node with `gpus` GPUs shows it: the driver reads CUDA_VISIBLE_DEVICES once, at
+    the first call that initialises it (is_available); device_count asks NVML before that."""
+
+    def __init__(self, gpus: int, nvml: bool = True):
+        self.gpus, self.nvml, self.seen_at_init, self.current = gpus, nvml, None, None
+
+    def _visible(self) -> int:
+        if self.seen_at_init is None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return len(visible.split(",")) if visible else self.gpus
+        return len(self.seen_at_init.split(",")) if self.seen_at_init else self.gpus
+
+    def _init(self) -> None:
+        if self.seen_at_init is None:
+            self.seen_at_init = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def device_count(self) -> int:
+        if not self.nvml:
+            self._init()
+        return self._visible()
+
+    def is_available(self) -> bool:
+        self._init()
+        return True
+
+    def set_device(self, index: int) -> None:
+        self.current = index
+
+
+@pytest.fixture
+def fake_node(monkeypatch):
+    """A process of a torchrun launch on a GPU node, without GPUs or a process group."""
+    import torch.distributed as dist
+
+    from finercut_tui.search import distributed
+
+    joined = []
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: joined.append(backend))
+    monkeypatch.setattr(distributed, "_current", distributed.SINGLE)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test, set by init_world or not
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+
+    def start(rank, local, size, gpus, nvml=True):
+        cuda = FakeCuda(gpus, nvml)
+        for name in ("device_count", "is_available", "set_device"):
+            monkeypatch.setattr(torch.cuda, name, getattr(cuda, name))
+        env = dict(RANK=rank, LOCAL_RANK=local, WORLD_SIZE=size, MASTER_ADDR="127.0.0.1", MASTER_PORT=1)
+        for k, v in env.items():
+            monkeypatch.setenv(k, str(v))
+        return cuda, joined
+
+    return start
+
+
+@pytest.mark.parametrize("per_replica,expected", [(1, "1"), (2, "2,3")])
+def test_each_rank_takes_its_gpus_before_cuda_starts(fake_node, per_replica, expected):
+    from finercut_tui.search.distributed import init_world
+
+    cuda, joined = fake_node(rank=5, local=1, size=8, gpus=8)
+    world = init_world(60, "auto", per_replica)
+    world.initialized = False  # nothing was joined: the fake has no group to leave
+    assert cuda.seen_at_init == expected  # the driver started with this rank's GPUs only
+    assert cuda.current == 0 and joined == ["nccl"] and world.gpus_per_replica == per_replica
+
+
+def test_gpus_a_launcher_gave_each_rank_are_kept(fake_node, monkeypatch):
+    from finercut_tui.search.distributed import init_world
+
+    cuda, _ = fake_node(rank=3, local=3, size=4, gpus=8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6")  # srun --gpus-per-task 1
+    init_world(60, "auto", 1).initialized = False
+    assert cuda.seen_at_init == "6"
+
+
+def test_gpu_pinning_refusals_are_one_line(fake_node):
+    from finercut_tui.search.distributed import init_world
+
+    fake_node(rank=1, local=1, size=2, gpus=8, nvml=False)  # no NVML: counting GPUs starts CUDA
+    with pytest.raises(FinercutError, match=r"^rank 1: CUDA started before this rank could take its GPUs"):
+        init_world(60, "auto", 1)
+    os.environ.pop("CUDA_VISIBLE_DEVICES")  # the call above pinned it
+    fake_node(rank=1, local=1, size=2, gpus=2)
+    with pytest.raises(FinercutError, match=r"^local rank 1 needs GPUs 2\.\.3 .* lower --nproc-per-node$"):
+        init_world(60, "auto", 2)
+    with pytest.raises(FinercutError, match=r"^--device cuda:1: under torchrun each rank takes its own"):
+        init_world(60, "cuda:1", 1)
 
 
 # -- equal to one process --------------------------------------------------------------------------

@@ -260,11 +260,24 @@ def init_world(
     if timeout_s <= 0:
         raise FinercutError(f"--dist-timeout {timeout_s:g}: give a positive number of seconds")
     rank, size, local = detect()
+    if size > 1 and device.startswith("cuda:"):
+        raise FinercutError(
+            f"--device {device}: under torchrun each rank takes its own GPUs (local rank r gets "
+            f"GPUs r*G..r*G+G-1): give --device cuda or auto"
+        )
+    mine = None
+    if device != "cpu" and (size > 1 or gpus_per_replica > 1) and torch.cuda.device_count() > 0:
+        # before anything initialises CUDA: the driver reads CUDA_VISIBLE_DEVICES once, at cuInit
+        # (torch.cuda.is_available() is such a call; device_count() asks NVML and is not)
+        mine = _pin_gpus(local, gpus_per_replica)
     cuda = device != "cpu" and torch.cuda.is_available()
     if gpus_per_replica > 1 and not cuda:
         raise FinercutError(f"--gpus-per-replica {gpus_per_replica} needs CUDA GPUs; on CPU give 1")
-    if cuda and (size > 1 or gpus_per_replica > 1):
-        _pin_gpus(local, gpus_per_replica)
+    if mine is not None and torch.cuda.device_count() != len(mine):
+        raise FinercutError(
+            f"rank {rank}: CUDA started before this rank could take its GPUs ({','.join(mine)}): "
+            f"give each rank its GPUs with CUDA_VISIBLE_DEVICES (e.g. srun --gpus-per-task {gpus_per_replica})"
+        )
     world = World(rank, size, local, gpus_per_replica, float(timeout_s))
     if size > 1:
         import torch.distributed as dist
@@ -286,21 +299,24 @@ def init_world(
     return world
 
 
-def _pin_gpus(local_rank: int, per_replica: int) -> None:
-    """Show this process only its own GPUs (before CUDA initialises: it is lazy in torch)."""
+def _pin_gpus(local_rank: int, per_replica: int) -> list[str]:
+    """Show this process only its own GPUs: local rank r takes r*G..r*G+G-1 of those the node shows,
+    or all of them when CUDA_VISIBLE_DEVICES already names exactly G (srun --gpus-per-task G)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = (
         [v.strip() for v in visible.split(",") if v.strip()]
         if visible
         else [str(i) for i in range(torch.cuda.device_count())]
     )
-    mine = ids[local_rank * per_replica : (local_rank + 1) * per_replica]
+    given = visible and len(ids) == per_replica  # the launcher set this process's own GPUs
+    mine = ids if given else ids[local_rank * per_replica : (local_rank + 1) * per_replica]
     if len(mine) < per_replica:
         raise FinercutError(
             f"local rank {local_rank} needs GPUs {local_rank * per_replica}..{(local_rank + 1) * per_replica - 1} "
             f"(--gpus-per-replica {per_replica}) but the node shows {len(ids)}: lower --nproc-per-node"
         )
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    return mine
 
 
 def close_world() -> None:
