@@ -280,6 +280,18 @@ def test_iterative_joint_drop_two_ranks_equal_one_process(models, one_process, t
         assert list(scores.values()) == pytest.approx(list(ref_scores.values()), rel=1e-9, abs=1e-12)
 
 
+def test_out_of_memory_in_similarity_halves_on_each_rank_and_keeps_the_order(models, one_process, tmp_path):
+    """FINERCUT_FAULT_OOM_AT=1: the first forward of every measurement fails on both ranks; each
+    halves its own batch and the run goes on to the one-process order."""
+    session = tmp_path / "s.yaml"
+    args = base(models["llama"], session, "--method", "joint-drop", "--iterative", "--target", "4")
+    ok(launch([*args, "--batch-size", "2"], env={"FINERCUT_FAULT_OOM_AT": "1"}))
+    mine, ref = steps(session), steps(one_process["joint"])
+    assert [s[0] for s in mine] == [s[0] for s in ref]
+    for (_, score, _), (_, ref_score, _) in zip(mine, ref, strict=True):
+        assert score == pytest.approx(ref_score, rel=1e-6)
+
+
 # -- resume on another world size -----------------------------------------------------------------
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
 def test_resume_on_another_world_size_continues_exactly(first, then, models, one_process, tmp_path):

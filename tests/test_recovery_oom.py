@@ -8,7 +8,8 @@ import yaml
 from builders import save_tiny_checkpoint
 
 from finercut_tui.cli import main
-from finercut_tui.search.scoring import FAULT_OOM_ENV, Scorer
+from finercut_tui.search.faults import FAULT_OOM_ENV
+from finercut_tui.search.scoring import Scorer
 
 TEXT = "tests/data/english.txt"
 SAMPLES = 4
@@ -207,13 +208,13 @@ def test_a_fault_at_batch_size_one_ends_with_the_advice_and_the_session_resumes(
 
 
 def test_the_seam_is_inert_unless_set_and_refuses_nonsense(llama_dir, tmp_path, capsys, monkeypatch):
-    from finercut_tui.search.scoring import _FaultPlan
+    from finercut_tui.search.faults import OomPlan
 
     monkeypatch.setenv(FAULT_OOM_ENV, "")
-    assert _FaultPlan.from_env() is None
+    assert OomPlan.from_env() is None
     monkeypatch.delenv(FAULT_OOM_ENV)
-    assert _FaultPlan.from_env() is None
-    plan = _FaultPlan("2,5+")
+    assert OomPlan.from_env() is None
+    plan = OomPlan("2,5+")
     outcomes = []
     for _ in range(6):
         try:
@@ -229,3 +230,28 @@ def test_the_seam_is_inert_unless_set_and_refuses_nonsense(llama_dir, tmp_path, 
         capsys, llama_dir, tmp_path / "s.yaml", "--target", "1", fault="0", monkeypatch=monkeypatch
     )
     assert code == 2 and f"{FAULT_OOM_ENV}='0': give forward numbers from 1" in err
+
+
+# -- similarity drop: the same seam counts the forwards of each measurement ---------------------------
+@pytest.mark.parametrize("method", [["--method", "joint-drop", "--iterative"], ["--method", "attn-drop"]])
+def test_similarity_halves_its_batch_and_keeps_the_order(method, llama_dir, tmp_path, capsys, monkeypatch):
+    """Fault 2: the second batch (of 2 samples) of every measurement fails once; the measurement runs
+    again at batch 1 and the ranking and scores equal the run without faults."""
+    args = [*method, "--target", "4", "--batch-size", "2"]
+    clean, faulty = tmp_path / "clean.yaml", tmp_path / "faulty.yaml"
+    assert run(capsys, llama_dir, clean, *args, monkeypatch=monkeypatch)[0] == 0
+    code, err = run(capsys, llama_dir, faulty, *args, fault="2", monkeypatch=monkeypatch)
+    assert code == 0, err
+    measurements = 4 if "--iterative" in method else 1
+    assert err.count("retrying with batches of 1 samples") == measurements, err
+    assert_same_steps(load(faulty), load(clean))
+    assert len(load(faulty)["steps"]) == 4
+
+
+def test_similarity_out_of_memory_at_batch_1_ends_with_the_advice(llama_dir, tmp_path, capsys, monkeypatch):
+    session = tmp_path / "s.yaml"
+    args = ["--method", "mlp-drop", "--target", "2", "--batch-size", "2", "--quiet"]
+    code, err = run(capsys, llama_dir, session, *args, fault="1+", monkeypatch=monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("finercut-tui: error:")]
+    assert code == 3 and len(errors) == 1 and errors[0].startswith(ADVICE), err
+    assert load(session)["steps"] == []

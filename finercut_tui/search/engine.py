@@ -19,8 +19,6 @@ next collective (bounded by --dist-timeout).
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -54,6 +52,7 @@ from finercut_tui.search.events import (
     SublayerRestored,
     TargetChanged,
 )
+from finercut_tui.search.faults import rank_fault
 from finercut_tui.search.scoring import Scorer
 from finercut_tui.search.similarity import angular_gap, measure_similarities
 
@@ -279,7 +278,7 @@ class SearchEngine:
                 if scorer.batch_size != batch_size:
                     shrunk = scorer.batch_size
                     break
-                _fault(self.step, world)
+                rank_fault(self.step, world)
                 seconds = (time.perf_counter() - t0) / world.size  # the world's pace, for the ETA
                 yield CandidateScored(self.step, uid, scores[uid], counter.add(), len(candidates), seconds)
                 yield from self._drain_logs()
@@ -479,22 +478,6 @@ class SearchEngine:
             return True
         yield LogMessage(f"unknown command {name!r}", "error")
         return False
-
-
-FAULT_DIE_ENV = "FINERCUT_FAULT_DIE_AT"
-FAULT_HANG_ENV = "FINERCUT_FAULT_HANG_AT"
-
-
-def _fault(step: int, world: World) -> None:
-    """For tests and developers, under torchrun: FINERCUT_FAULT_DIE_AT=K makes the last rank kill
-    itself (SIGKILL) after its first candidate of step K, as a crashed node would;
-    FINERCUT_FAULT_HANG_AT=K makes it stop (SIGSTOP): alive and silent, as a hung node. Unset, they
-    do nothing."""
-    if world.rank != world.size - 1 or not world.active:
-        return
-    for name, sig in ((FAULT_DIE_ENV, signal.SIGKILL), (FAULT_HANG_ENV, signal.SIGSTOP)):
-        if os.environ.get(name, "").strip() == str(step):
-            os.kill(os.getpid(), sig)
 
 
 class _SharedCounter:

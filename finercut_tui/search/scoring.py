@@ -12,69 +12,27 @@ On CPU the head runs in vocabulary slices (sliced_head.py) and freed memory stay
 (allocator.py): together they take about a quarter off a late-block candidate on SmolLM2-135M.
 
 For developers: FINERCUT_FAULT_OOM_AT makes the scorer raise a CUDA out-of-memory error at chosen
-forwards, so the batch-halving fallback can be caused on any machine (see `_FaultPlan`). Unset, it
+forwards, so the batch-halving fallback can be caused on any machine (search/faults.py). Unset, it
 does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from finercut_tui.errors import FinercutError, is_out_of_memory
+from finercut_tui.errors import is_out_of_memory
 from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.allocator import keep_freed_memory
+from finercut_tui.search.faults import OomPlan
 from finercut_tui.search.metrics import NEEDS_REFERENCE, TOKEN_LOCAL, Reference, get_metric, prepare_reference
 from finercut_tui.search.sliced_head import HeadSlicer
 
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
-FAULT_OOM_ENV = "FINERCUT_FAULT_OOM_AT"
-
-
-class _FaultPlan:
-    """Fault injection for tests and developers: FINERCUT_FAULT_OOM_AT lists the forwards of a Scorer
-    (counted from 1 over everything it runs: reference, prefix capture, candidates) that raise
-    torch.cuda.OutOfMemoryError instead of running. `K` fails the K-th forward once; `K+` fails the
-    K-th and every later one (so the batch halves down to 1 and the run ends with the out-of-memory
-    advice); a comma list combines them, e.g. `3,9` or `5,12+`. Unset or empty: no faults."""
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        self.once: set[int] = set()
-        self.from_on: int | None = None
-        self.count = 0
-        for part in (p.strip() for p in spec.split(",")):
-            try:
-                k = int(part[:-1] if part.endswith("+") else part)
-            except ValueError:
-                k = 0
-            if k < 1:
-                raise FinercutError(
-                    f"{FAULT_OOM_ENV}={spec!r}: give forward numbers from 1, as K, K+ or a comma list"
-                )
-            if part.endswith("+"):
-                self.from_on = k if self.from_on is None else min(self.from_on, k)
-            else:
-                self.once.add(k)
-
-    @classmethod
-    def from_env(cls) -> _FaultPlan | None:
-        spec = os.environ.get(FAULT_OOM_ENV, "").strip()
-        return cls(spec) if spec else None
-
-    def tick(self) -> None:
-        """Count one forward; raise the out-of-memory error when the plan says so."""
-        self.count += 1
-        if self.count in self.once or (self.from_on is not None and self.count >= self.from_on):
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate 1.00 GiB (injected by {FAULT_OOM_ENV}="
-                f"{self.spec} at forward {self.count})"
-            )
 
 
 class _CachedPrefix(nn.Module):
@@ -125,7 +83,7 @@ class Scorer:
         self._tuple_outputs = False
         self._stub = _CachedPrefix()
         self._sliced_head = HeadSlicer(pm.model)
-        self._faults = _FaultPlan.from_env()
+        self._faults = OomPlan.from_env()
         if self.input_ids.device.type == "cpu":
             keep_freed_memory()
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from finercut_tui.errors import FinercutError, is_out_of_memory
 from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.faults import OomPlan
 
 
 @dataclass
@@ -59,11 +60,22 @@ def measure_similarities(
             "this post-norm OPT); use --method finercut"
         )
     batch = batch_size or default_batch_size(input_ids)
+    faults = OomPlan.from_env()
+    if world is not None and world.active:
+        return _measure_world(pm, input_ids, batch, world, log, faults)
+    sums, last_token, tokens = _sums_fitting(pm, input_ids, batch, log, faults)
+    result = Similarities(last_token=[torch.cat([t.cpu() for t in parts]) for parts in last_token])
+    for (kind, b), parts in sums.items():
+        getattr(result, kind)[b] = float(sum(p.cpu() for p in parts)) / tokens
+    return result
+
+
+def _sums_fitting(pm: PrunableModel, input_ids: torch.Tensor, batch: int, log, faults):
+    """`_sums`, halving the batch on out-of-memory down to 1 (under torchrun each rank on its own:
+    the batch size only changes the summation order)."""
     while True:
         try:
-            if world is not None and world.active:
-                return _measure_world(pm, input_ids, batch, world)
-            return _measure(pm, input_ids, batch)
+            return _sums(pm, input_ids, batch, faults)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc) or batch == 1:
                 raise
@@ -73,15 +85,9 @@ def measure_similarities(
             log(f"out of memory measuring similarities: retrying with batches of {batch} samples")
 
 
-def _measure(pm: PrunableModel, input_ids: torch.Tensor, batch: int) -> Similarities:
-    sums, last_token, tokens = _sums(pm, input_ids, batch)
-    result = Similarities(last_token=[torch.cat([t.cpu() for t in parts]) for parts in last_token])
-    for (kind, b), parts in sums.items():
-        getattr(result, kind)[b] = float(sum(p.cpu() for p in parts)) / tokens
-    return result
-
-
-def _measure_world(pm: PrunableModel, input_ids: torch.Tensor, batch: int, world) -> Similarities:
+def _measure_world(
+    pm: PrunableModel, input_ids: torch.Tensor, batch: int, world, log, faults
+) -> Similarities:
     """This rank's rows, then the float64 sums all-reduced and the last-token states gathered."""
     from finercut_tui.search.distributed import rows_of
 
@@ -90,7 +96,7 @@ def _measure_world(pm: PrunableModel, input_ids: torch.Tensor, batch: int, world
     error, sums, last_token = None, {}, [[] for _ in range(pm.num_blocks + 1)]
     try:
         if mine.shape[0]:
-            sums, last_token, _ = _sums(pm, mine, batch)
+            sums, last_token, _ = _sums_fitting(pm, mine, batch, log, faults)
     except Exception as exc:  # every rank reaches the collectives below, then all raise
         error = exc
     world.agree(error)
@@ -111,7 +117,7 @@ def _measure_world(pm: PrunableModel, input_ids: torch.Tensor, batch: int, world
     return result
 
 
-def _sums(pm: PrunableModel, input_ids: torch.Tensor, batch: int):
+def _sums(pm: PrunableModel, input_ids: torch.Tensor, batch: int, faults: OomPlan | None = None):
     """Per-module device sums of the token cosines, the last-token states per block, and the tokens."""
     L = pm.num_blocks
     sums: dict[tuple[str, int], list[torch.Tensor]] = {}  # summed on the device; one sync at the end
@@ -171,6 +177,8 @@ def _sums(pm: PrunableModel, input_ids: torch.Tensor, batch: int):
     try:
         with torch.inference_mode():
             for start in range(0, ids.shape[0], batch):
+                if faults is not None:
+                    faults.tick()
                 pm.model(input_ids=ids[start : start + batch], use_cache=False, logits_to_keep=1)
     finally:
         for h in handles:
