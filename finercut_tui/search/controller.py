@@ -131,7 +131,3 @@ class Controller:
             if self._pause_after_removal:
                 self._pause_after_removal = False
                 self._paused = True
-
-    def raise_if_cancelled(self) -> None:
-        if self._cancelled.is_set():
-            raise Cancelled()
