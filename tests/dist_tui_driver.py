@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 
-from test_tui_live import ENGLISH, _grid_pos, wait_for
+from test_tui_live import _grid_pos, evaluate_perplexity, wait_for
 
 from finercut_tui.cli import main
 from finercut_tui.tui.app import WorkbenchApp
@@ -20,10 +20,7 @@ from finercut_tui.tui.app import WorkbenchApp
 
 async def press_every_command(app: WorkbenchApp) -> int:
     """Pause, step, pin, remove, undo, evaluate, resume to the target, one more, quit."""
-    from textual.widgets import Input
-
     from finercut_tui.tui.grid import LayerGrid
-    from finercut_tui.tui.screens import EvalScreen
 
     job = app.job
     job.controller.pause()  # before the search worker starts: every key below acts at a known point
@@ -48,12 +45,7 @@ async def press_every_command(app: WorkbenchApp) -> int:
         await pilot.press("x")
         await wait_for(pilot, lambda: len(session.steps) == 2, "the manual removal again")
 
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
-        app.screen.query_one("#ppl", Input).value = ENGLISH
-        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
-        app.screen.query_one("#ppl", Input).focus()
-        await pilot.press("enter")
+        await evaluate_perplexity(pilot, app)
         await wait_for(pilot, lambda: any(e.step == 2 for e in session.evals), "the evaluation")
 
         await pilot.press("space")  # resume: search on to the target

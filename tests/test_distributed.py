@@ -21,7 +21,7 @@ from finercut_tui.session import Session
 
 TEXT = "tests/data/english.txt"
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 120  # seconds a whole launch may take before the test kills it
+TIMEOUT = 300  # seconds a whole launch may take before the test kills it (a ceiling, not a claim)
 
 
 def _free_port() -> int:
@@ -73,9 +73,17 @@ def launch(args: list[str], world: int = 2, per_rank=None, env=None, command="ru
             )
         deadline = time.monotonic() + TIMEOUT
         out = []
-        for p in procs if wait is None else [procs[r] for r in wait]:
-            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            out.append((p.returncode, err))
+        for rank in range(world) if wait is None else wait:
+            try:
+                _, err = procs[rank].communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                tails = [f"rank {r}: {(p.communicate()[1] or '')[-2000:]}" for r, p in enumerate(procs)]
+                raise AssertionError(
+                    f"rank {rank} still ran after {TIMEOUT}s:\n" + "\n".join(tails)
+                ) from None
+            out.append((procs[rank].returncode, err))
         return out
     finally:
         for p in procs:

@@ -63,6 +63,20 @@ async def wait_for(pilot, predicate, what: str, ceiling: float = 120.0) -> None:
         await pilot.pause(0.02)
 
 
+async def evaluate_perplexity(pilot, app, max_tokens: str = "64") -> None:
+    """e, then the dialog filled with perplexity on tests/data/english.txt, then enter."""
+    from textual.widgets import Input
+
+    from finercut_tui.tui.screens import EvalScreen
+
+    await pilot.press("e")
+    await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+    app.screen.query_one("#ppl", Input).value = ENGLISH
+    app.screen.query_one("#ppl_max_tokens", Input).value = max_tokens
+    app.screen.query_one("#ppl", Input).focus()
+    await pilot.press("enter")
+
+
 def record_notifications(app) -> list[str]:
     """Every notification the app shows from now on (still shown)."""
     seen: list[str] = []
@@ -92,11 +106,10 @@ def on_disk(job) -> Session:
 
 @run_async
 async def test_every_key_on_a_tiny_model(tmp_path, loaded):
-    from textual.widgets import Input
 
     from finercut_tui.tui.app import WorkbenchApp
     from finercut_tui.tui.grid import LayerGrid
-    from finercut_tui.tui.screens import EvalScreen, HelpScreen
+    from finercut_tui.tui.screens import HelpScreen
 
     job = make_job(tmp_path, loaded, target="3")
     job.controller.pause()  # start paused, so every key below acts at a known point
@@ -152,12 +165,7 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         assert app.map.cell(0, "mlp").state is not CellState.REMOVED
 
         # e: evaluate now (perplexity on a local text), the result lands in the session
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
-        app.screen.query_one("#ppl", Input).value = ENGLISH
-        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
-        app.screen.query_one("#ppl", Input).focus()
-        await pilot.press("enter")
+        await evaluate_perplexity(pilot, app)
         await wait_for(pilot, lambda: len(job.session.evals) >= 2, "the eval records")
         steps_evaluated = [e.step for e in on_disk(job).evals]
         assert steps_evaluated == [0, 1]  # the unpruned baseline, then the current model
@@ -381,7 +389,7 @@ async def test_a_finished_search_stays_a_workbench(tmp_path, loaded):
 
     from finercut_tui.tui.app import WorkbenchApp
     from finercut_tui.tui.grid import LayerGrid
-    from finercut_tui.tui.screens import EvalScreen, TargetScreen
+    from finercut_tui.tui.screens import TargetScreen
 
     job = make_job(tmp_path, loaded, target="2")
     app = WorkbenchApp(job.session, job.session_path, job=job)
@@ -408,12 +416,7 @@ async def test_a_finished_search_stays_a_workbench(tmp_path, loaded):
         assert on_disk(job).steps[1].removed == other and on_disk(job).steps[1].by == "manual"
 
         # e: evaluates the current model
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
-        app.screen.query_one("#ppl", Input).value = ENGLISH
-        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
-        app.screen.query_one("#ppl", Input).focus()
-        await pilot.press("enter")
+        await evaluate_perplexity(pilot, app)
         await wait_for(pilot, lambda: any(e.step == 2 for e in on_disk(job).evals), "the evaluation")
 
         # n: one more removal by the search, the target raised and recorded
