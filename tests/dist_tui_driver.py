@@ -24,6 +24,8 @@ async def press_every_command(app: WorkbenchApp) -> int:
 
     job = app.job
     job.controller.pause()  # before the search worker starts: every key below acts at a known point
+    # each wait is on what the screen shows (app.map), not on the session: a key acts on the screen's
+    # state, which follows the session a little later on a loaded machine
     async with app.run_test(size=(100, 30)) as pilot:
         session, grid = job.session, app.query_one(LayerGrid)
         await wait_for(pilot, lambda: app.workbench.state() == "paused", "the search to pause")
@@ -34,25 +36,27 @@ async def press_every_command(app: WorkbenchApp) -> int:
         best_next = min((u for u in first.scores if u != first.removed), key=first.scores.get)
         grid.move_cursor(*_grid_pos(best_next))
         await pilot.press("p")
-        await wait_for(pilot, lambda: best_next in session.pinned, "the pin")
+        await wait_for(pilot, lambda: app.map.is_pinned(best_next), "the pin")
 
         victim = next(u for u in sorted(first.scores) if u not in (first.removed, best_next))
         grid.move_cursor(*_grid_pos(victim))
         await pilot.press("x")
-        await wait_for(pilot, lambda: len(session.steps) == 2, "the manual removal")
+        await wait_for(pilot, lambda: len(app.map.removals) == 2, "the manual removal")
         await pilot.press("u")
-        await wait_for(pilot, lambda: len(session.steps) == 1 and session.undone, "the undo")
+        await wait_for(pilot, lambda: len(app.map.removals) == 1, "the undo")
         await pilot.press("x")
-        await wait_for(pilot, lambda: len(session.steps) == 2, "the manual removal again")
+        await wait_for(pilot, lambda: len(app.map.removals) == 2, "the manual removal again")
 
         await evaluate_perplexity(pilot, app)
-        await wait_for(pilot, lambda: any(e.step == 2 for e in session.evals), "the evaluation")
+        evaluated = lambda: any(e.step == 2 for e in app.map.evals) and not app.map.evaluating  # noqa: E731
+        await wait_for(pilot, evaluated, "the evaluation")
 
         await pilot.press("space")  # resume: search on to the target
-        await wait_for(pilot, lambda: session.finished, "the search to reach its target")
-        done = len(session.steps)
+        await wait_for(pilot, lambda: app.workbench.state() == "finished", "the search to reach its target")
+        done = len(app.map.removals)
         await pilot.press("n")  # after the target: one more removal
-        await wait_for(pilot, lambda: len(session.steps) == done + 1 and session.finished, "one more")
+        more = lambda: len(app.map.removals) == done + 1 and app.workbench.state() == "finished"  # noqa: E731
+        await wait_for(pilot, more, "one more")
         await pilot.press("q")  # the app leaves once the search (on every rank) has stopped
         await wait_for(pilot, lambda: app.return_code is not None, "the app to leave")
     return app.return_code or 0

@@ -55,7 +55,8 @@ def make_job(tmp_path: Path, loaded, target: str = "3", resume: bool = False, **
 
 async def wait_for(pilot, predicate, what: str, ceiling: float = 120.0) -> None:
     """Poll until `predicate()` holds; the ceiling only catches a condition that never comes (a loaded
-    machine is slow, never wrong), so no test here makes a timing claim."""
+    machine is slow, never wrong), so no test here makes a timing claim. Before a key that depends on
+    what the screen shows, wait on the screen (app.map) too: it follows the session a little later."""
     deadline = time.monotonic() + ceiling
     while not predicate():
         if time.monotonic() > deadline:
@@ -141,7 +142,9 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         best_next = min((u for u in first.scores if u != first.removed), key=first.scores.get)
         grid.move_cursor(*_grid_pos(best_next))
         await pilot.press("p")
-        await wait_for(pilot, lambda: best_next in job.session.pinned, "the pin")
+        await wait_for(
+            pilot, lambda: best_next in job.session.pinned and app.map.is_pinned(best_next), "the pin"
+        )
         assert best_next in on_disk(job).pinned
         assert best_next in job.engine.pins
         assert app.map.cell(*_split(best_next)).state is CellState.PINNED
@@ -150,14 +153,16 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
         victim = "0.mlp"
         grid.move_cursor(*_grid_pos(victim))
         await pilot.press("x")
-        await wait_for(pilot, lambda: len(job.session.steps) == 2, "the manual removal")
+        await wait_for(
+            pilot, lambda: len(job.session.steps) == len(app.map.removals) == 2, "the manual removal"
+        )
         assert job.session.steps[-1].removed == victim and job.session.steps[-1].by == "manual"
         assert on_disk(job).steps[-1].by == "manual"
         assert victim in job.pm.removed
 
         # u: undo restores it and records the undo
         await pilot.press("u")
-        await wait_for(pilot, lambda: len(job.session.steps) == 1, "the undo")
+        await wait_for(pilot, lambda: len(job.session.steps) == len(app.map.removals) == 1, "the undo")
         assert victim not in job.pm.removed
         saved = on_disk(job)
         assert saved.removed_at() == [first.removed]
@@ -166,7 +171,9 @@ async def test_every_key_on_a_tiny_model(tmp_path, loaded):
 
         # e: evaluate now (perplexity on a local text), the result lands in the session
         await evaluate_perplexity(pilot, app)
-        await wait_for(pilot, lambda: len(job.session.evals) >= 2, "the eval records")
+        await wait_for(
+            pilot, lambda: len(job.session.evals) >= 2 and len(app.map.evals) >= 2, "the eval records"
+        )
         steps_evaluated = [e.step for e in on_disk(job).evals]
         assert steps_evaluated == [0, 1]  # the unpruned baseline, then the current model
         assert job.session.evals[-1].retained
@@ -400,28 +407,34 @@ async def test_a_finished_search_stays_a_workbench(tmp_path, loaded):
 
         # u: the last removal comes back (the session is below its target again)
         await pilot.press("u")
-        await wait_for(pilot, lambda: on_disk(job).removed_at() == [first], "the undo")
+        await wait_for(
+            pilot, lambda: on_disk(job).removed_at() == [first] and len(app.map.removals) == 1, "the undo"
+        )
         assert not on_disk(job).finished and [u.removed for u in on_disk(job).undone] == [second]
 
         # p on the restored sublayer: pinned in the session
         grid.move_cursor(*_grid_pos(second))
         await pilot.press("p")
-        await wait_for(pilot, lambda: second in on_disk(job).pinned, "the pin")
+        await wait_for(pilot, lambda: second in on_disk(job).pinned and app.map.is_pinned(second), "the pin")
 
         # x on another kept sublayer: removed by hand
         other = next(s for s in ("3.mlp", "2.mlp", "1.mlp", "0.mlp") if s not in (first, second))
         grid.move_cursor(*_grid_pos(other))
         await pilot.press("x")
-        await wait_for(pilot, lambda: len(on_disk(job).steps) == 2, "the manual removal")
+        await wait_for(
+            pilot, lambda: len(on_disk(job).steps) == len(app.map.removals) == 2, "the manual removal"
+        )
         assert on_disk(job).steps[1].removed == other and on_disk(job).steps[1].by == "manual"
 
         # e: evaluates the current model
         await evaluate_perplexity(pilot, app)
-        await wait_for(pilot, lambda: any(e.step == 2 for e in on_disk(job).evals), "the evaluation")
+        evaluated = lambda: any(e.step == 2 for e in app.map.evals) and not app.map.evaluating  # noqa: E731
+        await wait_for(pilot, lambda: evaluated() and on_disk(job).evals[-1].step == 2, "the evaluation")
 
         # n: one more removal by the search, the target raised and recorded
         await pilot.press("n")
-        await wait_for(pilot, lambda: len(on_disk(job).steps) == 3 and on_disk(job).finished, "one more")
+        more = lambda: len(app.map.removals) == 3 and app.workbench.state() == "finished"  # noqa: E731
+        await wait_for(pilot, lambda: more() and on_disk(job).finished, "one more")
         saved = on_disk(job)
         assert saved.steps[2].by == "search" and saved.method.target == 3 and second not in saved.removed_at()
 
