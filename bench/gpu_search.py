@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _naive import naive_finercut  # noqa: E402
 
+from finercut_tui.domain.events import CandidateScored, StepStarted, SublayerRemoved  # noqa: E402
 from finercut_tui.domain.spec import SearchSpec  # noqa: E402
-from finercut_tui.model.sublayers import split_id  # noqa: E402
+from finercut_tui.domain.sublayers import split_id  # noqa: E402
 from finercut_tui.model.surgery import PrunableModel  # noqa: E402
 from finercut_tui.search.engine import SearchEngine  # noqa: E402
-from finercut_tui.search.events import CandidateScored, StepStarted, SublayerRemoved  # noqa: E402
 from finercut_tui.search.similarity import measure_similarities  # noqa: E402
 
 SHAPES = {

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _naive import naive_finercut  # noqa: E402
 
 from finercut_tui.data.calibration import tokens_to_samples  # noqa: E402
+from finercut_tui.domain.events import CandidateScored, SublayerRemoved  # noqa: E402
 from finercut_tui.domain.spec import SearchSpec  # noqa: E402
 from finercut_tui.model.surgery import PrunableModel  # noqa: E402
 from finercut_tui.search.engine import SearchEngine  # noqa: E402
-from finercut_tui.search.events import CandidateScored, SublayerRemoved  # noqa: E402
 
 TEXT = Path(__file__).parents[1] / "tests" / "data" / "english.txt"
 

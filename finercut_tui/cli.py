@@ -8,7 +8,7 @@ import os
 import sys
 
 from finercut_tui import __version__
-from finercut_tui.errors import FinercutError, is_out_of_memory
+from finercut_tui.errors import FinercutError, first_line, is_out_of_memory
 
 # each is a module under finercut_tui.commands with `register(subparsers)` and `run(args) -> int`
 COMMANDS = ("run", "tui", "replay", "show", "compare", "eval", "export", "heal", "speed", "info", "demo")
@@ -37,11 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _reports(exc: BaseException) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return True  # one process: no torch import just to print an error (replay, show)
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if not _reports(exc):  # torchrun: the same line from every rank is printed by rank 0 only
             return 2
-        print(f"finercut-tui: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"finercut-tui: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("finercut-tui: interrupted (the session holds every finished step)", file=sys.stderr)
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 3
         print(
-            f"finercut-tui: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
+            f"finercut-tui: error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for details)",
             file=sys.stderr,
         )
         return 1

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finercut_tui.domain.evals import EvalRecord, describe_eval
+from finercut_tui.domain.sublayers import expand, sort_key
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.sublayers import expand, sort_key
 from finercut_tui.session import Session
 
 

@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from finercut_tui.domain import events as E
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.methods import Method, get_method, is_removed
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.spec import SearchSpec
-from finercut_tui.model.sublayers import KINDS, expand, sort_key
-from finercut_tui.search import events as E
+from finercut_tui.domain.sublayers import KINDS, expand, sort_key
 from finercut_tui.session import Session
 
 LEVELS = 8  # score colour steps, 0 = lowest score of the step = most removable

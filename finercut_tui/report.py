@@ -10,9 +10,9 @@ from xml.sax.saxutils import escape
 
 from finercut_tui.domain.evals import EvalRecord, describe_eval, retained_text
 from finercut_tui.domain.records import HealRecord
+from finercut_tui.domain.sublayers import KINDS, expand, split_id
 from finercut_tui.domain.text import fmt_score
 from finercut_tui.layer_map import KIND_LABEL, Cell, CellState, LayerMap, Removal
-from finercut_tui.model.sublayers import KINDS, expand, split_id
 from finercut_tui.session import Session
 
 

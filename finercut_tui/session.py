@@ -23,8 +23,8 @@ from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.records import CalibrationRecord, HealRecord, ModelRecord, Step, Undone
 from finercut_tui.domain.spec import MethodRecord, SearchSpec
+from finercut_tui.domain.sublayers import parse_id
 from finercut_tui.errors import FinercutError, SessionError
-from finercut_tui.model.sublayers import parse_id
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "model", "calibration", "method", "steps")

@@ -8,9 +8,7 @@ from reference import greedy_finercut
 from tiny_models import tiny_model
 
 from finercut_tui.domain.evals import EvalRecord
-from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.controller import Controller
-from finercut_tui.search.events import (
+from finercut_tui.domain.events import (
     CandidateScored,
     CandidateStarted,
     EvalFinished,
@@ -20,6 +18,8 @@ from finercut_tui.search.events import (
     SublayerRemoved,
     SublayerRestored,
 )
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.controller import Controller
 
 IDS = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(3))
 
@@ -191,9 +191,9 @@ def test_a_crashing_evaluation_is_logged_and_the_search_goes_on():
         events.append(ev)
         if isinstance(ev, CandidateScored) and ev.step == 1 and ev.index == 1:
             ctl.evaluate("tasks")
+    from finercut_tui.domain.events import EvalFailed, EvalStarted
     from finercut_tui.domain.text import describe_event
     from finercut_tui.layer_map import LayerMap
-    from finercut_tui.search.events import EvalFailed, EvalStarted
 
     failed = [e for e in events if isinstance(e, EvalFailed)]
     assert len(failed) == 1 and failed[0].record.error == "RuntimeError: CUDA out of memory inside lm-eval"
@@ -212,9 +212,9 @@ def test_after_the_target_the_model_stays_a_workbench(tmp_path):
     """Undo, pin, remove by hand and search on after the search finished; the session follows."""
     from builders import save_tiny_checkpoint
 
+    from finercut_tui.domain.events import PinChanged, SearchFinished, SublayerRestored, TargetChanged
     from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
     from finercut_tui.model.loading import ModelSpec
-    from finercut_tui.search.events import PinChanged, SearchFinished, SublayerRestored, TargetChanged
     from finercut_tui.search.job import prepare_job, setup_from_session
     from finercut_tui.session import Session
 

@@ -17,9 +17,9 @@ from tiny_tokenizer import tiny_tokenizer
 from finercut_tui import load_pruned
 from finercut_tui.cli import main
 from finercut_tui.commands.export import resolve_step
+from finercut_tui.domain.sublayers import expand
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.export import export_pruned
-from finercut_tui.model.sublayers import expand
+from finercut_tui.export.folder import export_pruned
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.session import Step
 

@@ -15,7 +15,9 @@ from tiny_tokenizer import tiny_tokenizer
 from finercut_tui import load_pruned
 from finercut_tui.cli import main
 from finercut_tui.domain.records import HealRecord
+from finercut_tui.domain.sublayers import expand
 from finercut_tui.errors import FinercutError
+from finercut_tui.export.folder import export_pruned
 from finercut_tui.heal.data import IGNORE_INDEX, alpaca_prompt, load_records, tokenize
 from finercut_tui.heal.train import (
     HealConfig,
@@ -26,8 +28,6 @@ from finercut_tui.heal.train import (
     trainable_state,
 )
 from finercut_tui.model.checkpoint import count_parameters
-from finercut_tui.model.export import export_pruned
-from finercut_tui.model.sublayers import expand
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.session import Session, Step
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from builders import save_tiny_checkpoint
 
+from finercut_tui.domain.events import CandidateScored, SublayerRemoved
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
 from finercut_tui.layer_map import CellState, LayerMap
 from finercut_tui.model.loading import ModelSpec, load_model
-from finercut_tui.search.events import CandidateScored, SublayerRemoved
 from finercut_tui.search.job import prepare_job, setup_from_session
 from finercut_tui.session import Session
 

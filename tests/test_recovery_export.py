@@ -13,7 +13,7 @@ from tiny_models import tiny_inputs
 
 from finercut_tui import load_pruned
 from finercut_tui.cli import main
-from finercut_tui.model.sublayers import expand
+from finercut_tui.domain.sublayers import expand
 from finercut_tui.model.surgery import PrunableModel
 
 TEXT = "tests/data/english.txt"

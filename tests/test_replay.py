@@ -12,8 +12,8 @@ from pathlib import Path
 from data.sessions_fixture import session_30
 from test_tui_live import record_notifications, wait_for
 
+from finercut_tui.domain.sublayers import KINDS, expand
 from finercut_tui.layer_map import CellState
-from finercut_tui.model.sublayers import KINDS, expand
 from finercut_tui.session import Session
 
 DATA = Path(__file__).parent / "data"

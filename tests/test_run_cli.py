@@ -275,9 +275,9 @@ def test_resume_refuses_changed_search_options_and_records_a_new_target(capsys, 
 
 
 def test_undo_and_pin_from_the_controller_are_recorded_in_the_session(llama_dir, tmp_path):
+    from finercut_tui.domain.events import PinChanged, SublayerRemoved, SublayerRestored
     from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
     from finercut_tui.model.loading import ModelSpec
-    from finercut_tui.search.events import PinChanged, SublayerRemoved, SublayerRestored
     from finercut_tui.search.job import prepare_job
 
     path = tmp_path / "s.yaml"

@@ -10,11 +10,11 @@ from tiny_tokenizer import tiny_tokenizer
 
 from finercut_tui.cli import main
 from finercut_tui.domain.evals import EvalRecord
+from finercut_tui.domain.events import CandidateScored, EvalFinished, SublayerRemoved
 from finercut_tui.eval.request import EvalRequest
 from finercut_tui.eval.runner import run_eval
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.controller import Controller
-from finercut_tui.search.events import CandidateScored, EvalFinished, SublayerRemoved
 
 
 def test_eval_every_records_steps_0_2_4_and_the_end(tmp_path, capsys):

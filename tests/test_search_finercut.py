@@ -9,8 +9,8 @@ from tiny_models import tiny_model
 
 from finercut_tui.cli import main
 from finercut_tui.data.calibration import build_calibration
+from finercut_tui.domain.events import SublayerRemoved
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.events import SublayerRemoved
 from finercut_tui.search.scoring import Scorer
 
 CALIB = ["--calib-samples", "3", "--seq-len", "24"]
@@ -148,7 +148,7 @@ def test_pins_are_never_removed_and_front_exclusion_holds_back(tmp_path):
     assert "0.attn" not in order and "5.mlp" not in order and len(order) == 10
     # L=6, X=0.4: blocks 0..int(2.4) wait until int(2*6*0.4)+1 = 5 sublayers are removed
     assert all(int(sid.split(".")[0]) >= 3 for sid in order[:5])
-    from finercut_tui.search.events import StepStarted
+    from finercut_tui.domain.events import StepStarted
 
     steps = [e for e in events if isinstance(e, StepStarted)]
     assert set(steps[0].held_back) == {"0.mlp", "1.attn", "1.mlp", "2.attn", "2.mlp"}

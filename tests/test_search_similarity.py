@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from builders import make_engine
 from tiny_models import tiny_model
 
+from finercut_tui.domain.events import SublayerRemoved
 from finercut_tui.model.adapters import architecture_for
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.events import SublayerRemoved
 from finercut_tui.search.similarity import angular_gap, measure_similarities
 
 

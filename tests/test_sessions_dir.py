@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finercut_tui.cli import build_parser, main
-from finercut_tui.model.sublayers import expand
+from finercut_tui.domain.sublayers import expand
 from finercut_tui.session import Session
 
 SESSIONS = sorted((Path(__file__).parents[1] / "sessions").glob("*.yaml"))

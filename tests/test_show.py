@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from finercut_tui.cli import main
+from finercut_tui.domain.sublayers import expand
 from finercut_tui.layer_map import LayerMap, score_levels
-from finercut_tui.model.sublayers import expand
 from finercut_tui.report import quarters
 from finercut_tui.session import Session
 

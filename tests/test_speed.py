@@ -9,7 +9,7 @@ from test_export import make_checkpoint, write_session
 from tiny_models import tiny_model
 
 from finercut_tui.cli import main
-from finercut_tui.model.export import export_pruned
+from finercut_tui.export.folder import export_pruned
 from finercut_tui.model.speed import measure, random_input_ids
 from finercut_tui.model.surgery import PrunableModel
 

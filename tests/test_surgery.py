@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny_models import ARCH_NAMES, tiny_inputs, tiny_model
 
+from finercut_tui.domain.sublayers import all_sublayers, expand, parse_id
 from finercut_tui.errors import FinercutError
 from finercut_tui.model.adapters import architecture_for
-from finercut_tui.model.sublayers import all_sublayers, expand, parse_id
 from finercut_tui.model.surgery import PrunableModel
 
 

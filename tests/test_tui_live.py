@@ -353,7 +353,7 @@ class BlockingJob:
         self.saves = 0
 
     def events(self, serve: bool = False):
-        from finercut_tui.search import events as E
+        from finercut_tui.domain import events as E
 
         yield E.SearchStarted("finercut", "js", 8, 4, "sublayer", tuple(self.session.removed_at()), ())
         yield E.EvalStarted(2, "ppl wikitext2 (seq 2048)")

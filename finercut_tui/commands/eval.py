@@ -99,8 +99,8 @@ def format_table(record: dict[str, Any], baseline: dict[str, Any] | None = None)
 def run(args: argparse.Namespace) -> int:
     from finercut_tui.data.sources import NAMED, load_text
     from finercut_tui.domain.evals import EvalRecord
+    from finercut_tui.domain.sublayers import expand
     from finercut_tui.model.loading import load_model
-    from finercut_tui.model.sublayers import expand
     from finercut_tui.session import Session, check_matches
 
     progress = progress_printer()

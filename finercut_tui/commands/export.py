@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def resolve_step(session, step: int | None = None, ratio: float | None = None) -> int:
     """The number of removals to apply: `step` checked against the session, or the prefix for `ratio`."""
-    from finercut_tui.model.sublayers import expand
+    from finercut_tui.domain.sublayers import expand
 
     n = len(session.steps)
     if n == 0:
@@ -83,8 +83,8 @@ def _spec(args: argparse.Namespace, session):
 
 
 def run(args: argparse.Namespace) -> int:
+    from finercut_tui.export.folder import export_pruned
     from finercut_tui.model.checkpoint import check_out_dir
-    from finercut_tui.model.export import export_pruned
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import Session, check_matches
 

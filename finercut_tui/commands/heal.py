@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import shutil
@@ -148,8 +147,8 @@ def _command_line() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from finercut_tui.commands.export import _spec, resolve_step
+    from finercut_tui.domain.sublayers import expand
     from finercut_tui.heal.data import load_records
-    from finercut_tui.model.sublayers import expand
     from finercut_tui.session import Session
 
     session = Session.load(args.session)
@@ -190,13 +189,12 @@ def run(args: argparse.Namespace) -> int:
 def heal_session(args, session, k, config, records, request, out, checkpoint, spec, progress) -> int:
     from finercut_tui.domain.evals import EvalRecord
     from finercut_tui.domain.records import HealRecord
+    from finercut_tui.domain.sublayers import expand
     from finercut_tui.eval.runner import run_eval
+    from finercut_tui.export.folder import export_pruned
     from finercut_tui.heal import train as T
     from finercut_tui.heal.data import tokenize
-    from finercut_tui.model.card import CARD_NAME, model_card
-    from finercut_tui.model.export import CONFIG_KEY, _architecture_name, export_pruned
     from finercut_tui.model.loading import load_model
-    from finercut_tui.model.sublayers import expand
     from finercut_tui.session import Session, check_matches
 
     lm = load_model(spec, progress=progress)
@@ -302,23 +300,9 @@ def heal_session(args, session, k, config, records, request, out, checkpoint, sp
         session_path=args.session,
         step=k,
         force=True,  # the folder holds the adapter (and the checkpoint) already
+        healing=heal,
         progress=progress,
     )
-    (out / CARD_NAME).write_text(
-        model_card(
-            result,
-            source_model=spec.gguf_file or spec.name_or_path,
-            session=session,
-            session_path=args.session,
-            step=k,
-            order=list(removed),
-            architecture=_architecture_name(pm),
-            healing=heal,
-        ),
-        encoding="utf-8",
-    )
-    _mark_config(out / "config.json", CONFIG_KEY, heal)
-
     # re-read: a search may have written the session meanwhile; keep its steps
     fresh = Session.load(args.session)
     if fresh.removed_at(k) != removed:
@@ -337,22 +321,6 @@ def heal_session(args, session, k, config, records, request, out, checkpoint, sp
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
-
-
-def _mark_config(path: Path, key: str, heal) -> None:
-    """Add a `healed` entry to config.json's finercut section (loaders ignore it)."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    section = dict(config.get(key) or {})
-    section["healed"] = {
-        "lora_rank": heal.lora.get("rank"),
-        "lora_alpha": heal.lora.get("alpha"),
-        "steps": heal.steps,
-        "data": heal.data.get("source"),
-        "data_fingerprint": heal.data.get("fingerprint"),
-        "adapter": ADAPTER_DIR,
-    }
-    config[key] = section
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _summary(heal, result) -> str:

@@ -14,6 +14,7 @@ from finercut_tui.commands.common import (
     progress_printer,
 )
 from finercut_tui.domain import methods as M
+from finercut_tui.domain.events import CandidateScored, SearchFinished
 from finercut_tui.domain.presets import PRESETS
 from finercut_tui.domain.progress import SearchProgress
 from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
@@ -21,7 +22,6 @@ from finercut_tui.domain.spec import DEFAULT_TIMEOUT_S as DEFAULT_DIST_TIMEOUT
 from finercut_tui.domain.spec import DISTANCE_DTYPES, PREFIX_CACHE_CHOICES, CalibrationSpec, SearchSpec
 from finercut_tui.domain.text import clock, describe_event
 from finercut_tui.errors import FinercutError
-from finercut_tui.search.events import CandidateScored, SearchFinished
 
 DEFAULT = SearchSpec()
 DEFAULT_CALIBRATION = CalibrationSpec()

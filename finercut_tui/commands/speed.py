@@ -46,7 +46,7 @@ def _check_sizes(args: argparse.Namespace, config) -> None:
 
 def _session_removals(args: argparse.Namespace, pm, architecture: str) -> tuple[list[str], str]:
     from finercut_tui.commands.export import resolve_step
-    from finercut_tui.model.sublayers import expand
+    from finercut_tui.domain.sublayers import expand
     from finercut_tui.session import Session, check_matches
 
     session = Session.load(args.session)

@@ -10,8 +10,8 @@ from collections.abc import Set
 from dataclasses import dataclass
 
 from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.sublayers import expand, split_id
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.sublayers import expand, split_id
 
 BLOCK_METRICS = ("cosine", "angular-gap")
 # FinerCut distances, as registered in search/metrics.py (named here so CLI help needs no torch)

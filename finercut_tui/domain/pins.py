@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from finercut_tui.model.sublayers import KINDS, expand, sort_key, split_id
+from finercut_tui.domain.sublayers import KINDS, expand, sort_key, split_id
 
 
 class Pins:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from finercut_tui.domain import events as E
 from finercut_tui.domain.methods import get_method
-from finercut_tui.model.sublayers import expand
-from finercut_tui.search import events as E
+from finercut_tui.domain.sublayers import expand
 
 
 class SearchProgress:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from finercut_tui.domain import events as E
 from finercut_tui.domain.evals import describe_eval
-from finercut_tui.search import events as E
 
 FINISH_REASONS = {"target": "target reached", "exhausted": "no candidates left"}
 

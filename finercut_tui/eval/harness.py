@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, error_line
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +303,7 @@ def run_tasks(
                 fewshot_random_seed=seed,
             )
         except (OSError, KeyError, ValueError) as exc:  # missing data files, bad task configs
-            raise FinercutError(
-                f"lm-eval could not run {', '.join(names)}: {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-            ) from exc
+            raise FinercutError(f"lm-eval could not run {', '.join(names)}: {error_line(exc, 200)}") from exc
         finally:
             hf.train(was_training)
     if out is None:  # only on non-zero ranks

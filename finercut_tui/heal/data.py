@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, first_line
 
 DEFAULT_DATA = "yahma/alpaca-cleaned"
 IGNORE_INDEX = -100
@@ -154,7 +154,7 @@ def _hub_rows(name: str, split: str) -> list[Any]:
 
         data = datasets.load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, bad split: one line says which
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         raise FinercutError(
             f"cannot load data set {name!r} ({split}): {first}; pass a local .jsonl/.txt with --data "
             "when offline"

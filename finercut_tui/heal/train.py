@@ -110,7 +110,7 @@ def _is_linear(module: torch.nn.Module) -> bool:
 
 def lora_targets(pm) -> list[str]:
     """Full names of the linear layers inside the kept sublayers (what LoRA adapts)."""
-    from finercut_tui.model.sublayers import split_id
+    from finercut_tui.domain.sublayers import split_id
 
     prefix = {id(m): n for n, m in pm.model.named_modules()}
     targets: list[str] = []

@@ -17,6 +17,8 @@ import torch
 
 from finercut_tui.errors import FinercutError
 
+CONFIG_KEY = "finercut"  # the config.json section an export adds
+
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # files an earlier export may have left that --force replaces (anything else in the folder is kept)

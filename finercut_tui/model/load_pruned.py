@@ -17,8 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.checkpoint import read_safetensors
-from finercut_tui.model.export import CONFIG_KEY
+from finercut_tui.model.checkpoint import CONFIG_KEY, read_safetensors
 from finercut_tui.model.surgery import PrunableModel
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, first_line
 from finercut_tui.model.adapters import architecture_for
 from finercut_tui.model.surgery import PrunableModel
 
@@ -134,9 +134,7 @@ def _hub_error(name: str, exc: Exception) -> FinercutError:
         return FinercutError(
             f"model {name!r} is gated or private: run `hf auth login` with access, or pass a local path"
         )
-    return FinercutError(
-        f"unknown model {name!r}: {text.splitlines()[0][:160]}; check the id or pass a local path"
-    )
+    return FinercutError(f"unknown model {name!r}: {first_line(exc, 160)}; check the id or pass a local path")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -166,7 +164,7 @@ def gguf_to_hf_folder(gguf_path: str, progress=print) -> Path:
     except ImportError as exc:
         raise FinercutError(f"reading GGUF needs the `gguf` package: pip install gguf ({exc})") from exc
     except (ValueError, OSError, KeyError) as exc:
-        raise FinercutError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise FinercutError(f"cannot read GGUF file {path}: {first_line(exc, 200)}") from exc
     model.hf_quantizer = None  # dequantised to fp32 already: save as a plain checkpoint
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -277,7 +275,7 @@ def load_model(spec: ModelSpec, progress=print) -> LoadedModel:
     except (OSError, ValueError) as exc:
         if "model_type" in str(exc) or "Unrecognized model" in str(exc):
             raise FinercutError(
-                f"{spec.name_or_path!r} has no usable config.json: {str(exc).splitlines()[0][:160]}"
+                f"{spec.name_or_path!r} has no usable config.json: {first_line(exc, 160)}"
             ) from exc
         hub_gguf = None if spec.gguf_file or os.path.exists(source) else _hub_gguf(source, spec.revision)
         if hub_gguf is None:

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from finercut_tui.domain.sublayers import KINDS, all_sublayers, sort_key, split_id
 from finercut_tui.model.adapters import Architecture, architecture_for
-from finercut_tui.model.sublayers import KINDS, all_sublayers, sort_key, split_id
 
 
 class RemovedAttention(nn.Module):

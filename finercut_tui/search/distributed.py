@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from finercut_tui.domain.spec import DEFAULT_TIMEOUT_S
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, error_line, first_line
 
 
 class PeerLost(FinercutError):
@@ -126,7 +126,7 @@ class World:
         except FinercutError:
             raise
         except Exception as exc:  # DistBackendError, RuntimeError from gloo/nccl, timeouts
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc, 160)
             raise PeerLost(
                 f"rank {self.rank}: lost the other ranks (one died or hung past --dist-timeout "
                 f"{self.timeout_s:g}s): {first}; the session holds every finished step, --resume continues"
@@ -198,9 +198,7 @@ class World:
             return
         line = None
         if error is not None:
-            line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            if not isinstance(error, FinercutError):
-                line = f"{type(error).__name__}: {line}"
+            line = error_line(error)
         for r, other in enumerate(self.all_gather(line)):
             if other is not None:
                 raise FinercutError(f"rank {r}: {other}") from error
@@ -292,7 +290,7 @@ def init_world(
                 backend, rank=rank, world_size=size, timeout=datetime.timedelta(seconds=timeout_s)
             )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc, 160)
             raise FinercutError(f"rank {rank}: could not join the {size} ranks: {first}") from exc
         world.initialized = True
     _current = world

@@ -26,15 +26,7 @@ from typing import Any
 import torch
 
 from finercut_tui.domain.evals import EvalRecord
-from finercut_tui.domain.methods import block_of, is_removed
-from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSpec
-from finercut_tui.errors import FinercutError
-from finercut_tui.model.sublayers import expand, parse_id, sort_key
-from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.search.controller import Cancelled, Command, Controller, Directive
-from finercut_tui.search.distributed import SINGLE, World, split_by_cost
-from finercut_tui.search.events import (
+from finercut_tui.domain.events import (
     CandidateScored,
     CandidateStarted,
     EvalFailed,
@@ -52,6 +44,14 @@ from finercut_tui.search.events import (
     SublayerRestored,
     TargetChanged,
 )
+from finercut_tui.domain.methods import block_of, is_removed
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.spec import EvalSchedule, ScoringOptions, SearchSpec
+from finercut_tui.domain.sublayers import expand, parse_id, sort_key
+from finercut_tui.errors import FinercutError, error_line
+from finercut_tui.model.surgery import PrunableModel
+from finercut_tui.search.controller import Cancelled, Command, Controller, Directive
+from finercut_tui.search.distributed import SINGLE, World, split_by_cost
 from finercut_tui.search.faults import rank_fault
 from finercut_tui.search.scoring import Scorer
 from finercut_tui.search.similarity import angular_gap, measure_similarities
@@ -401,8 +401,7 @@ class SearchEngine:
         except Exception as exc:  # an evaluation must not end hours of search (e.g. OOM inside lm-eval)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            why = first if isinstance(exc, FinercutError) else f"{type(exc).__name__}: {first}"
+            why = error_line(exc, 200)
             self.evaluated_steps.add(step)  # not again in this run; a resume may try again
             yield EvalFailed(step, EvalRecord(step, error=why))
             return

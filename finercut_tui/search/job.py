@@ -18,16 +18,7 @@ import torch
 
 from finercut_tui.data.calibration import Calibration, build_calibration
 from finercut_tui.domain.evals import EvalRecord
-from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.records import ModelRecord, Step, Undone
-from finercut_tui.domain.spec import CalibrationSpec, MethodRecord, ScoringOptions, SearchSetup
-from finercut_tui.errors import FinercutError, SessionError
-from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
-from finercut_tui.model.sublayers import parse_id
-from finercut_tui.search.controller import Controller
-from finercut_tui.search.distributed import SINGLE, World
-from finercut_tui.search.engine import SearchEngine
-from finercut_tui.search.events import (
+from finercut_tui.domain.events import (
     DONE_REASONS,
     EvalFailed,
     EvalFinished,
@@ -39,6 +30,15 @@ from finercut_tui.search.events import (
     SublayerRestored,
     TargetChanged,
 )
+from finercut_tui.domain.pins import Pins
+from finercut_tui.domain.records import ModelRecord, Step, Undone
+from finercut_tui.domain.spec import CalibrationSpec, MethodRecord, ScoringOptions, SearchSetup
+from finercut_tui.domain.sublayers import parse_id
+from finercut_tui.errors import FinercutError, SessionError
+from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
+from finercut_tui.search.controller import Controller
+from finercut_tui.search.distributed import SINGLE, World
+from finercut_tui.search.engine import SearchEngine
 from finercut_tui.session import Session, check_matches
 
 

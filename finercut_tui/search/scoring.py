@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from finercut_tui.domain.sublayers import split_id
 from finercut_tui.errors import is_out_of_memory
-from finercut_tui.model.sublayers import split_id
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.allocator import keep_freed_memory
 from finercut_tui.search.faults import OomPlan

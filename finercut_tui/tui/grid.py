@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from finercut_tui.domain.sublayers import KINDS
 from finercut_tui.layer_map import LEVELS, Cell, CellState, Difference, LayerMap
-from finercut_tui.model.sublayers import KINDS
 
 CELL_WIDTH = 4
 ONLY_HERE = "≠"  # overlay: removed here, kept by the other session (after the "×k")

@@ -13,7 +13,7 @@ from typing import Any
 
 from textual.message import Message
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import error_line
 
 
 class SearchEvents(Message):
@@ -66,7 +66,4 @@ def one_line(exc: BaseException) -> str:
             "out of GPU memory: try --batch-size 1, fewer --calib-samples, a shorter --seq-len or "
             "--prefix-cache cpu (the session holds every finished step)"
         )
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, FinercutError):
-        return first or type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return error_line(exc)

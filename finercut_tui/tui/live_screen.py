@@ -15,12 +15,12 @@ from typing import Any
 from textual import work
 from textual.worker import Worker, WorkerState
 
+from finercut_tui.domain import events as E
 from finercut_tui.domain.evals import describe_eval
 from finercut_tui.domain.progress import SearchProgress
 from finercut_tui.domain.text import FINISH_REASONS, describe_event
 from finercut_tui.errors import FinercutError
 from finercut_tui.layer_map import CellState, LayerMap
-from finercut_tui.search import events as E
 from finercut_tui.session import Session
 from finercut_tui.tui import actions, host
 from finercut_tui.tui.inbox import WorkerFailed, one_line

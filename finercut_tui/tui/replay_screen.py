@@ -13,9 +13,9 @@ from rich.text import Text
 from textual import work
 from textual.worker import Worker, WorkerState
 
+from finercut_tui.domain import events as E
 from finercut_tui.domain.text import describe_event
 from finercut_tui.layer_map import Difference, LayerMap, overlay_differences
-from finercut_tui.search import events as E
 from finercut_tui.session import Session
 from finercut_tui.tui import actions
 from finercut_tui.tui.grid import LayerGrid

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from finercut_tui.search import events as E
+from finercut_tui.domain import events as E
 from finercut_tui.session import Session, Step
 
 HERE = Path(__file__).parent

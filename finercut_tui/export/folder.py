@@ -9,7 +9,7 @@ Two formats, chosen by what was removed (`whole_blocks`):
   under the model's own module names, and ``config.json`` gets a ``finercut`` section listing the removed
   ids; `finercut_tui.model.load_pruned` loads it back.
 
-Both write the tokenizer, the generation config and a PRUNING.md model card (`finercut_tui.model.card`).
+Both write the tokenizer, the generation config and a PRUNING.md model card (`finercut_tui.export.card`).
 The weight files and the output folder are handled by `finercut_tui.model.checkpoint`.
 """
 
@@ -18,37 +18,25 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finercut_tui.domain.sublayers import KINDS, expand, parse_id, sort_key, split_id
 from finercut_tui.errors import FinercutError
-from finercut_tui.model.card import CARD_NAME, model_card
+from finercut_tui.export.card import CARD_NAME, model_card
+from finercut_tui.export.result import ExportResult
 from finercut_tui.model.checkpoint import (
+    CONFIG_KEY,
     check_materialised,
     check_out_dir,
     clear_stale,
     count_parameters,
     write_safetensors,
 )
-from finercut_tui.model.sublayers import KINDS, expand, parse_id, sort_key, split_id
 from finercut_tui.model.surgery import PrunableModel
 
-CONFIG_KEY = "finercut"  # the config.json section an export adds
 # config attributes that are lists but never one entry per layer, even when their length happens to be L
 _NOT_PER_LAYER = frozenset({"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens"})
-
-
-@dataclass
-class ExportResult:
-    out_dir: Path
-    format: str  # "blocks" | "sublayers"
-    removed: list[str]  # sublayer ids of the source model, expanded, in model order
-    dropped_blocks: list[int]  # source blocks physically dropped ("blocks" format), else []
-    params_before: int
-    params_after: int
-    num_blocks: int  # source model
-    kept_attention: int
 
 
 def whole_blocks(removed: Iterable[str]) -> list[int] | None:
@@ -70,13 +58,16 @@ def export_pruned(
     session_path: str | os.PathLike | None = None,
     step: int | None = None,
     force: bool = False,
+    healing=None,
     max_shard_size: int | str = "5GB",
     progress: Callable[[str], None] = print,
 ) -> ExportResult:
     """Write `pm` with `removed` (ids, `.block` allowed) applied to `out_dir`, without the removed modules.
 
     `session` (a `finercut_tui.session.Session`) feeds the model card (method, evals) and `session_path`
-    / `step` are recorded in config.json. `pm`'s own removal state is restored afterwards.
+    / `step` are recorded in config.json. `healing` (a `HealRecord`: `pm` holds the merged weights) adds
+    a Healing section to the card and a `healed` entry to config.json. `pm`'s own removal state is
+    restored afterwards.
     """
     out = check_out_dir(out_dir, force)
     ids = sorted(expand(parse_id(s, pm.num_blocks, allow_block=True) for s in removed), key=sort_key)
@@ -94,6 +85,8 @@ def export_pruned(
             "step": step,
             "source_num_blocks": pm.num_blocks,
         }
+        if healing is not None:
+            info["healed"] = healed_entry(healing)
         fmt, dropped, params_after = _write_weights(pm, out, ids, info, max_shard_size, progress)
         if pm.tokenizer is not None:
             pm.tokenizer.save_pretrained(out)
@@ -115,7 +108,8 @@ def export_pruned(
                 session_path=session_path,
                 step=step,
                 order=list(removed),
-                architecture=_architecture_name(pm),
+                architecture=architecture_name(pm),
+                healing=healing,
             ),
             encoding="utf-8",
         )
@@ -145,7 +139,19 @@ def _write_weights(
     return "sublayers", [], _save_sublayers(pm, out, info, max_shard_size)
 
 
-def _architecture_name(pm: PrunableModel) -> str:
+def healed_entry(heal) -> dict[str, Any]:
+    """config.json's `healed` entry for a `HealRecord` (loaders ignore it)."""
+    return {
+        "lora_rank": heal.lora.get("rank"),
+        "lora_alpha": heal.lora.get("alpha"),
+        "steps": heal.steps,
+        "data": heal.data.get("source"),
+        "data_fingerprint": heal.data.get("fingerprint"),
+        "adapter": Path(heal.adapter).name if heal.adapter else "adapter",
+    }
+
+
+def architecture_name(pm: PrunableModel) -> str:
     return (getattr(pm.model.config, "architectures", None) or [type(pm.model).__name__])[0]
 
 
@@ -207,7 +213,7 @@ def _save_sublayers(pm: PrunableModel, out: Path, info: dict[str, Any], max_shar
     check_materialised(state)
     tied = write_safetensors(state, out, max_shard_size=max_shard_size)
     config = copy.deepcopy(pm.model.config)
-    config.architectures = [_architecture_name(pm)]
+    config.architectures = [architecture_name(pm)]
     config.dtype = pm.model.dtype
     setattr(config, CONFIG_KEY, {**info, "format": "sublayers", "tied": tied})
     config.save_pretrained(out)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from finercut_tui.domain.evals import describe_eval, fmt_value, retained_text
-from finercut_tui.model.sublayers import sort_key
-
-if TYPE_CHECKING:
-    from finercut_tui.model.export import ExportResult
+from finercut_tui.domain.sublayers import sort_key
+from finercut_tui.export.result import ExportResult
 
 CARD_NAME = "PRUNING.md"
 

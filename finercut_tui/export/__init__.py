@@ -1,0 +1,1 @@
+"""Writing a pruned model out: the folder formats, and the PRUNING.md card that goes with them."""
