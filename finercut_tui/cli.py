@@ -11,7 +11,20 @@ from finercut_tui import __version__
 from finercut_tui.errors import FinercutError, first_line, is_out_of_memory
 
 # each is a module under finercut_tui.commands with `register(subparsers)` and `run(args) -> int`
-COMMANDS = ("run", "tui", "replay", "show", "compare", "eval", "export", "heal", "speed", "info", "demo")
+COMMANDS = (
+    "run",
+    "tui",
+    "replay",
+    "show",
+    "compare",
+    "eval",
+    "export",
+    "heal",
+    "repair",
+    "speed",
+    "info",
+    "demo",
+)
 
 DESCRIPTION = """\
 A terminal workbench for fine-grained layer pruning of LLMs: FinerCut (greedy removal of single

@@ -1,13 +1,14 @@
 """The method registry: per method, what it scores, its unit, how it ranks, and its candidates.
 
-Adding a method is one `register(Method(...))` here plus, when it scores in a new way, one branch
-in the engine keyed on `Method.scoring`. No other module compares method names.
+Adding a method is one `register(Method(...))` here plus, when it scores in a new way, one `Scoring`
+member and its strategy in `search/strategies.py`. No other module compares method names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass
+from enum import StrEnum
 
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.sublayers import expand, split_id
@@ -18,11 +19,23 @@ BLOCK_METRICS = ("cosine", "angular-gap")
 METRIC_NAMES = ("js", "js-ref", "kl", "angular", "l2", "nll")
 
 
+class Scoring(StrEnum):
+    """How a method scores its candidates; `search/strategies.py` holds one strategy per member."""
+
+    DISTANCE = "distance"  # the pruned model's output against the original's (FinerCut): needs --metric
+    SIMILARITY = "similarity"  # 1 - cos(module input, module output) (LLM-Drop)
+
+    @property
+    def uses_metric(self) -> bool:
+        """Whether --metric (a distance from search/metrics.py) names the score."""
+        return self is Scoring.DISTANCE
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     kinds: tuple[str, ...]  # what it removes: "attn", "mlp" and/or "block"
-    scoring: str  # "distance": output vs the original model (FinerCut); "similarity": 1 - cos (LLM-Drop)
+    scoring: Scoring
     always_iterative: bool  # re-scores every remaining candidate after each removal, whatever --iterative
     front_exclusion: bool  # honours --exclude-front
     summary: str
@@ -111,18 +124,17 @@ register(
     Method(
         "finercut",
         ("attn", "mlp"),
-        "distance",
+        Scoring.DISTANCE,
         always_iterative=True,
         front_exclusion=True,
         summary="greedy: remove the sublayer whose removal changes the output least",
     )
 )
-register(Method("attn-drop", ("attn",), "similarity", False, False, "attention sublayers by 1 - cos"))
-register(Method("mlp-drop", ("mlp",), "similarity", False, False, "MLP sublayers by 1 - cos"))
-register(Method("block-drop", ("block",), "similarity", False, False, "whole blocks by 1 - cos"))
-register(
-    Method("joint-drop", ("attn", "mlp"), "similarity", False, False, "attention and MLP ranked together")
-)
+_SIM = Scoring.SIMILARITY
+register(Method("attn-drop", ("attn",), _SIM, False, False, "attention sublayers by 1 - cos"))
+register(Method("mlp-drop", ("mlp",), _SIM, False, False, "MLP sublayers by 1 - cos"))
+register(Method("block-drop", ("block",), _SIM, False, False, "whole blocks by 1 - cos"))
+register(Method("joint-drop", ("attn", "mlp"), _SIM, False, False, "attention and MLP ranked together"))
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 

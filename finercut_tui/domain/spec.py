@@ -60,13 +60,13 @@ class SearchSpec:
     @property
     def score_label(self) -> str:
         """What the scores are: the distance, the block metric, or cosine."""
-        if self.info.scoring == "distance":
+        if self.info.scoring.uses_metric:
             return self.metric
         return self.block_metric if self.info.unit == "block" else "cosine"
 
     def validate(self) -> SearchSpec:
         info = self.info  # unknown method
-        if info.scoring == "distance" and self.metric not in METRIC_NAMES:
+        if info.scoring.uses_metric and self.metric not in METRIC_NAMES:
             raise FinercutError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRIC_NAMES)}")
         if self.exclude_front is not None and not 0.0 <= self.exclude_front < 1.0:
             raise FinercutError(f"--exclude-front {self.exclude_front} is out of range: give 0 <= X < 1")
@@ -104,7 +104,7 @@ class SearchSpec:
     def record_fields(self) -> dict[str, Any]:
         """The order-defining part of the `method:` record, as schema 1 writes it."""
         info = self.info
-        if info.scoring == "distance":
+        if info.scoring.uses_metric:
             out = {"metric": self.metric, "exclude_front": self.exclude_front, "iterative": True}
             if self.distance_dtype != "float32":
                 out["distance_dtype"] = self.distance_dtype
@@ -223,7 +223,7 @@ class MethodRecord:
         spec = SearchSpec(
             method=name,
             target=str(data.get("target_spec", target)),
-            metric=str(data.get("metric", default.metric)) if info.scoring == "distance" else default.metric,
+            metric=str(data.get("metric", default.metric)) if info.scoring.uses_metric else default.metric,
             iterative=bool(data.get("iterative", default.iterative)),
             exclude_front=None if data.get("exclude_front") is None else float(data["exclude_front"]),
             front_rule=str(data.get("exclude_front_rule", "halved")),
