@@ -228,71 +228,84 @@ class LayerMap:
 
     def apply(self, event: object) -> None:
         """Update the map from one search event."""
-        if isinstance(event, E.SearchStarted):
-            self.info, self.metric, self.target = get_method(event.method), event.metric, event.target
-            self.one_shot = not event.rescored
-            self.num_blocks = event.num_blocks
-            if tuple(self.removed_units) != tuple(event.removed):
-                self._set_removals([Removal(i, u) for i, u in enumerate(event.removed, 1)])
-            self.pins = Pins(event.pinned)
-            self.step = len(event.removed) + 1
-            self.finished = None
-        elif isinstance(event, E.StepStarted):
-            self.step = event.step
-            self.candidates, self.held_back = event.candidates, event.held_back
-            if not self.one_shot:
-                self._set_scores({})
-                self.scores_step = event.step
-            self.step_open = True
-            self.running, self.candidate_index, self.candidate_total = None, 0, len(event.candidates)
-        elif isinstance(event, E.CandidateStarted):
-            self.running = event.sublayer
-            self.candidate_index, self.candidate_total = event.index - 1, event.total
-        elif isinstance(event, E.CandidateScored):
-            if self.one_shot and self.scores_step is None:
-                self.scores_step = event.step
-            self.scores[event.sublayer] = event.score
-            self._levels = None
-            if self.running == event.sublayer:
-                self.running = None
-            self.candidate_index, self.candidate_total = event.index, event.total
-        elif isinstance(event, E.SublayerRemoved):
-            self._set_removals([*self.removals, Removal(event.step, event.sublayer, event.by, event.score)])
+        match event:
+            case E.SearchStarted():
+                self._started(event)
+            case E.StepStarted():
+                self._step_started(event)
+            case E.CandidateStarted():
+                self.running = event.sublayer
+                self.candidate_index, self.candidate_total = event.index - 1, event.total
+            case E.CandidateScored():
+                self._scored(event)
+            case E.SublayerRemoved():
+                self._set_removals(
+                    [*self.removals, Removal(event.step, event.sublayer, event.by, event.score)]
+                )
+                self._step_closed(event.step + 1)
+                if event.scores and not self.scores:
+                    self._set_scores(event.scores)
+                    self.scores_step = event.step
+            case E.SublayerRestored():
+                self._restored(event.sublayer)
+            case E.PinChanged():
+                self.pins = Pins(event.pins)
+            case E.TargetChanged():
+                self.target, self.finished = event.target, None
+            case E.Paused() | E.Resumed():
+                self.paused = isinstance(event, E.Paused)
+            case E.EvalStarted():
+                self.evaluating = event.description
+            case E.EvalFinished() | E.EvalFailed():
+                self.evaluating = None
+                self.evals.append(event.record)
+            case E.SearchFinished():
+                self.finished = event.reason
+                self.running = self.evaluating = None
+                self.paused = False
+
+    def _started(self, event: E.SearchStarted) -> None:
+        self.info, self.metric, self.target = get_method(event.method), event.metric, event.target
+        self.one_shot = not event.rescored
+        self.num_blocks = event.num_blocks
+        if tuple(self.removed_units) != tuple(event.removed):
+            self._set_removals([Removal(i, u) for i, u in enumerate(event.removed, 1)])
+        self.pins = Pins(event.pinned)
+        self.step = len(event.removed) + 1
+        self.finished = None
+
+    def _step_started(self, event: E.StepStarted) -> None:
+        self.step = event.step
+        self.candidates, self.held_back = event.candidates, event.held_back
+        if not self.one_shot:
+            self._set_scores({})
+            self.scores_step = event.step
+        self.step_open = True
+        self.running, self.candidate_index, self.candidate_total = None, 0, len(event.candidates)
+
+    def _scored(self, event: E.CandidateScored) -> None:
+        if self.one_shot and self.scores_step is None:
+            self.scores_step = event.step
+        self.scores[event.sublayer] = event.score
+        self._levels = None
+        if self.running == event.sublayer:
             self.running = None
-            self.step = event.step + 1
-            self.step_open = False
-            self.candidate_index = self.candidate_total = 0
-            if event.scores and not self.scores:
-                self._set_scores(event.scores)
-                self.scores_step = event.step
-        elif isinstance(event, E.SublayerRestored):
-            kept = list(self.removals)
-            for i in range(len(kept) - 1, -1, -1):
-                if kept[i].unit == event.sublayer:
-                    del kept[i]
-                    break
-            self._set_removals(kept)
-            self.step = len(kept) + 1
-            self.step_open = False
-            self.candidate_index = self.candidate_total = 0
-        elif isinstance(event, E.PinChanged):
-            self.pins = Pins(event.pins)
-        elif isinstance(event, E.TargetChanged):
-            self.target, self.finished = event.target, None
-        elif isinstance(event, E.Paused):
-            self.paused = True
-        elif isinstance(event, E.Resumed):
-            self.paused = False
-        elif isinstance(event, E.EvalStarted):
-            self.evaluating = event.description
-        elif isinstance(event, E.EvalFinished | E.EvalFailed):
-            self.evaluating = None
-            self.evals.append(event.record)
-        elif isinstance(event, E.SearchFinished):
-            self.finished = event.reason
-            self.running = None
-            self.evaluating = None
-            self.paused = False
+        self.candidate_index, self.candidate_total = event.index, event.total
+
+    def _restored(self, unit: str) -> None:
+        kept = list(self.removals)
+        for i in range(len(kept) - 1, -1, -1):
+            if kept[i].unit == unit:
+                del kept[i]
+                break
+        self._set_removals(kept)
+        self._step_closed(len(kept) + 1)
+
+    def _step_closed(self, next_step: int) -> None:
+        """A removal or an undo ended the step in flight."""
+        self.step = next_step
+        self.step_open = False
+        self.candidate_index = self.candidate_total = 0
 
     # -- from a saved session --------------------------------------------------------------------------
     @classmethod

@@ -78,15 +78,7 @@ def export_pruned(
         pm.set_removed(ids)
         out.mkdir(parents=True, exist_ok=True)
         clear_stale(out)
-        info: dict[str, Any] = {
-            "removed": ids,
-            "source_model": source_model,
-            "session": str(session_path) if session_path is not None else None,
-            "step": step,
-            "source_num_blocks": pm.num_blocks,
-        }
-        if healing is not None:
-            info["healed"] = healed_entry(healing)
+        info = export_info(pm, ids, source_model, session_path, step, healing)
         fmt, dropped, params_after = _write_weights(pm, out, ids, info, max_shard_size, progress)
         if pm.tokenizer is not None:
             pm.tokenizer.save_pretrained(out)
@@ -100,19 +92,17 @@ def export_pruned(
             num_blocks=pm.num_blocks,
             kept_attention=len(pm.kept_attention_blocks()),
         )
-        (out / CARD_NAME).write_text(
-            model_card(
-                result,
-                source_model=source_model,
-                session=session,
-                session_path=session_path,
-                step=step,
-                order=list(removed),
-                architecture=architecture_name(pm),
-                healing=healing,
-            ),
-            encoding="utf-8",
+        card = model_card(
+            result,
+            source_model=source_model,
+            session=session,
+            session_path=session_path,
+            step=step,
+            order=list(removed),
+            architecture=architecture_name(pm),
+            healing=healing,
         )
+        (out / CARD_NAME).write_text(card, encoding="utf-8")
         return result
     finally:
         pm.set_removed(before_state)
@@ -137,6 +127,22 @@ def _write_weights(
     # single sublayers (or every block: a zero-layer config would not build)
     progress(f"removing {len(ids)} sublayers: weights without them + the removal list in config.json")
     return "sublayers", [], _save_sublayers(pm, out, info, max_shard_size)
+
+
+def export_info(
+    pm: PrunableModel, ids: list[str], source_model: str, session_path, step, healing
+) -> dict[str, Any]:
+    """config.json's `finercut` section: what was removed from which model, by which session step."""
+    info: dict[str, Any] = {
+        "removed": ids,
+        "source_model": source_model,
+        "session": str(session_path) if session_path is not None else None,
+        "step": step,
+        "source_num_blocks": pm.num_blocks,
+    }
+    if healing is not None:
+        info["healed"] = healed_entry(healing)
+    return info
 
 
 def healed_entry(heal) -> dict[str, Any]:

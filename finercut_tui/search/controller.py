@@ -15,9 +15,37 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Command:
-    name: str  # pin | unpin | force_remove | undo | evaluate | extend
-    arg: Any = None
+class Pin:
+    sublayer: str  # as typed: an id, or `<b>.block` for both sublayers
+
+
+@dataclass(frozen=True)
+class Unpin:
+    sublayer: str
+
+
+@dataclass(frozen=True)
+class ForceRemove:
+    sublayer: str  # removed now, recorded as `by: manual` (block methods remove its whole block)
+
+
+@dataclass(frozen=True)
+class Undo:
+    """Take the last removal back."""
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    request: Any  # an EvalRequest
+
+
+@dataclass(frozen=True)
+class Extend:
+    target: int  # after the target: search on to this many removals
+
+
+# what the app (or a test) sends the engine; plain frozen dataclasses, so torchrun can broadcast them
+Command = Pin | Unpin | ForceRemove | Undo | Evaluate | Extend
 
 
 @dataclass(frozen=True)
@@ -72,25 +100,25 @@ class Controller:
         with self._cond:
             self._cond.notify_all()
 
-    def send(self, name: str, arg: Any = None) -> None:
+    def send(self, command: Command) -> None:
         with self._cond:
-            self._queue.append(Command(name, arg))
+            self._queue.append(command)
             self._cond.notify_all()
 
     def pin(self, sid: str) -> None:
-        self.send("pin", sid)
+        self.send(Pin(sid))
 
     def unpin(self, sid: str) -> None:
-        self.send("unpin", sid)
+        self.send(Unpin(sid))
 
     def force_remove(self, sid: str) -> None:
-        self.send("force_remove", sid)
+        self.send(ForceRemove(sid))
 
     def undo(self) -> None:
-        self.send("undo")
+        self.send(Undo())
 
     def evaluate(self, request: Any) -> None:
-        self.send("evaluate", request)
+        self.send(Evaluate(request))
 
     @property
     def paused(self) -> bool:
@@ -110,7 +138,7 @@ class Controller:
 
     def extend(self, target: int) -> None:
         """After the search reached its target: search on to `target` removals."""
-        self.send("extend", int(target))
+        self.send(Extend(int(target)))
 
     def wait_for_command(self, timeout: float = 0.25) -> None:
         """Block until a command is queued, the search is cancelled, or `timeout` passes."""

@@ -24,6 +24,7 @@ from finercut_tui.layer_map import CellState, LayerMap
 from finercut_tui.session import Session
 from finercut_tui.tui import actions, host
 from finercut_tui.tui.inbox import WorkerFailed, one_line
+from finercut_tui.tui.panels import ScreenState
 from finercut_tui.tui.screens import ConfirmScreen, EvalForm, EvalScreen, TargetScreen
 from finercut_tui.tui.workbench import WorkbenchScreen
 
@@ -121,27 +122,22 @@ class LiveScreen(WorkbenchScreen):
             self.notify(line, title=f"eval at step {event.step}", severity="error")
 
     # -- what the screen shows -------------------------------------------------------------------------
-    def state(self) -> str:
+    def state(self) -> ScreenState:
         if self.quitting:
-            return "quitting"
+            return ScreenState.QUITTING
         if self.error:
-            return "error"
+            return ScreenState.ERROR
         m = self.map
         if m.finished:
-            return "finished" if m.finished in E.DONE_REASONS else m.finished
+            return ScreenState.FINISHED if m.finished in E.DONE_REASONS else ScreenState(m.finished)
         if m.evaluating:
-            return "evaluating"
+            return ScreenState.EVALUATING
         controller = getattr(self.job, "controller", None)
-        if controller is not None:
-            if controller.paused and m.paused:
-                return "paused"
-            if controller.paused:
-                return "pausing"
-            if m.paused:
-                return "resuming"
-        elif m.paused:
-            return "paused"
-        return "running"
+        if controller is None:
+            return ScreenState.PAUSED if m.paused else ScreenState.RUNNING
+        if controller.paused:  # asked to pause: paused once the engine says so
+            return ScreenState.PAUSED if m.paused else ScreenState.PAUSING
+        return ScreenState.RESUMING if m.paused else ScreenState.RUNNING
 
     def elapsed(self) -> float:
         return self._elapsed_before + (self.clock() - self._started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from rich.style import Style
 from rich.text import Text
@@ -27,7 +28,7 @@ class StatusInfo:
     target: int | None
     unit: str
     mode: str  # "live" | "replay"
-    state: str  # running, paused, pausing, stepping, evaluating, finished, error, loading, quitting, replay
+    state: ScreenState
     step: int
     removals: int
     total_steps: int | None = None  # replay
@@ -38,20 +39,43 @@ class StatusInfo:
     device: str = ""
 
 
-STATE_STYLE = {
-    "running": "bold green",
-    "stepping": "bold green",
-    "paused": "bold yellow",
-    "pausing": "yellow",
-    "resuming": "green",
-    "evaluating": "bold magenta",
-    "finished": "bold cyan",
-    "cancelled": "bold yellow",
-    "error": "bold red",
-    "loading": "bold blue",
-    "quitting": "bold yellow",
-    "replay": "bold cyan",
-    "starting": "blue",
+class ScreenState(StrEnum):
+    """What the header says the workbench is doing; each state has its own style."""
+
+    LOADING = "loading model"
+    RUNNING = "running"
+    PAUSING = "pausing"  # asked to pause; the current candidate finishes first
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    EVALUATING = "evaluating"
+    FINISHED = "finished"  # reached its target, or ran out of candidates
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    QUITTING = "quitting"
+    REPLAY = "replay"
+
+    @property
+    def style(self) -> str:
+        return _STATE_STYLE[self]
+
+    @property
+    def ended(self) -> bool:
+        """The search is over: the header counts removals, not the step in flight."""
+        return self in (ScreenState.FINISHED, ScreenState.CANCELLED, ScreenState.ERROR)
+
+
+_STATE_STYLE = {
+    ScreenState.LOADING: "bold blue",
+    ScreenState.RUNNING: "bold green",
+    ScreenState.PAUSING: "yellow",
+    ScreenState.PAUSED: "bold yellow",
+    ScreenState.RESUMING: "green",
+    ScreenState.EVALUATING: "bold magenta",
+    ScreenState.FINISHED: "bold cyan",
+    ScreenState.CANCELLED: "bold yellow",
+    ScreenState.ERROR: "bold red",
+    ScreenState.QUITTING: "bold yellow",
+    ScreenState.REPLAY: "bold cyan",
 }
 
 
@@ -61,7 +85,7 @@ class StatusBar(Static):
     def show(self, info: StatusInfo) -> None:
         line1 = Text(no_wrap=True, overflow="ellipsis")
         line1.append(" finercut ", "reverse bold")
-        line1.append(f" {info.state} ", STATE_STYLE.get(info.state.split()[0], "bold"))
+        line1.append(f" {info.state} ", info.state.style)
         line1.append(f" {info.model} ", "bold")
         method = info.method + (f"/{info.metric}" if info.metric else "")
         line1.append(f" {method} ")
@@ -71,7 +95,7 @@ class StatusBar(Static):
         if info.mode == "replay":
             line2.append(f" step {info.removals}/{info.total_steps}", "bold")
         else:
-            shown = info.removals if info.state in ("finished", "cancelled", "error") else info.step
+            shown = info.removals if info.state.ended else info.step
             line2.append(f" step {shown}/{info.target if info.target is not None else '?'}", "bold")
             if info.candidates:
                 line2.append(f"  cand {info.candidate}/{info.candidates}")

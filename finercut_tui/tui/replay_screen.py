@@ -20,6 +20,7 @@ from finercut_tui.session import Session
 from finercut_tui.tui import actions
 from finercut_tui.tui.grid import LayerGrid
 from finercut_tui.tui.inbox import JobReady, WorkerFailed, one_line
+from finercut_tui.tui.panels import ScreenState
 from finercut_tui.tui.screens import ConfirmScreen, OverlayScreen
 from finercut_tui.tui.workbench import WorkbenchScreen
 
@@ -58,8 +59,8 @@ class ReplayScreen(WorkbenchScreen):
         where = f" {self.session_path}" if self.session_path else ""
         return [f"replay of{where}: {self.last_step} steps, no model loaded (c continues from a step)"]
 
-    def state(self) -> str:
-        return "loading model" if self.loading_from is not None else "replay"
+    def state(self) -> ScreenState:
+        return ScreenState.LOADING if self.loading_from is not None else ScreenState.REPLAY
 
     def elapsed(self) -> float:
         return sum(s.seconds or 0.0 for s in self.session.steps[: self.map.step - 1])

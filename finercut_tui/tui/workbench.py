@@ -32,6 +32,7 @@ from finercut_tui.tui.panels import (
     EvalTable,
     Legend,
     RankingTable,
+    ScreenState,
     StatusBar,
     StatusInfo,
 )
@@ -72,7 +73,7 @@ class WorkbenchScreen(Screen[None]):
         self.curves: str | None = None  # the title of the curve the side panel shows; None: the ranking
 
     # -- what a subclass answers -----------------------------------------------------------------------
-    def state(self) -> str:
+    def state(self) -> ScreenState:
         raise NotImplementedError
 
     def elapsed(self) -> float | None:
