@@ -1,5 +1,5 @@
 """SIGKILL during the similarity methods (one-shot attention drop, iterative joint drop, angular-gap block
-drop), at chosen moments, with the default batching: the session on disk always parses, holds a prefix of
+drop) and SLEB's greedy block search, at chosen moments, with the default batching: the session on disk always parses, holds a prefix of
 the uninterrupted run, and `run --resume` finishes it with the uninterrupted order and scores.
 
 The moments are deterministic: the child process runs the ordinary CLI with a small wrapper that sends
@@ -71,6 +71,7 @@ METHODS = {
     "attn-drop": ["--method", "attn-drop", "--target", "all"],
     "joint-drop-iterative": ["--method", "joint-drop", "--iterative", "--target", "5"],
     "angular-gap": ["--method", "block-drop", "--block-metric", "angular-gap", "--target", "3"],
+    "sleb": ["--method", "sleb", "--metric", "nll", "--target", "3"],
 }
 # (moment, n): the session is saved once before the first step and after every step; a measurement is
 # one forward of all L blocks (one-shot and angular-gap measure once, iterative before every step)
@@ -78,7 +79,12 @@ MOMENTS = {
     "attn-drop": [("layer", 3), ("replacing", 2), ("saved", 2), ("saved", 4)],
     "joint-drop-iterative": [("layer", 4), ("replacing", 3), ("saved", 3), ("layer", L * 3 + 2)],
     "angular-gap": [("layer", 5), ("replacing", 2), ("saved", 2), ("saved", 3)],
+    # SLEB scores blocks greedily (prefix-cached): a kill mid-step 2, and around the second removal
+    "sleb": [("layer", 30), ("replacing", 3), ("saved", 3)],
 }
+# SLEB's step 1 runs 26 block forwards (reference 6, prefix capture 6, candidates 1..4 from their own
+# block 5+4+3+2 = 14): the 30th is inside step 2, with one step recorded
+GREEDY_DONE_AT_LAYER = {"sleb": {30: 1}}
 CASES = [(method, *moment) for method, moments in MOMENTS.items() for moment in moments]
 
 
@@ -167,7 +173,10 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(
     done = len(data["steps"])
     assert data["finished"] is False and done < len(want["steps"])
     if moment == "layer":  # killed while measuring the step after the last one recorded
-        assert done == ((n - 1) // L if "--iterative" in METHODS[method] else 0)
+        if method in GREEDY_DONE_AT_LAYER:
+            assert done == GREEDY_DONE_AT_LAYER[method][n]
+        else:
+            assert done == ((n - 1) // L if "--iterative" in METHODS[method] else 0)
     else:  # save 1 is the empty session; save k + 1 holds k steps
         assert done == n - 1 - (moment == "replacing")
     for got, expected in zip(data["steps"], want["steps"], strict=False):

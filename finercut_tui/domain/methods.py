@@ -6,9 +6,10 @@ member and its strategy in `search/strategies.py`. No other module compares meth
 
 from __future__ import annotations
 
-from collections.abc import Set
-from dataclasses import dataclass
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.sublayers import expand, split_id
@@ -39,6 +40,11 @@ class Method:
     always_iterative: bool  # re-scores every remaining candidate after each removal, whatever --iterative
     front_exclusion: bool  # honours --exclude-front
     summary: str
+    # the paper's settings, taken where the user gives none: SearchSpec fields (metric, block_metric)
+    # and CalibrationSpec fields (source, samples, seq_len, layout)
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    barriers: tuple[int, int] = (0, 0)  # blocks at the front and at the back that are never candidates
+    paper: str = ""  # where the method comes from (README's method table)
 
     @property
     def unit(self) -> str:
@@ -58,8 +64,13 @@ class Method:
         return f"{block}.block" if self.unit == "block" else sid
 
     def universe(self, num_blocks: int) -> list[str]:
-        """Every unit the method may remove, in model order."""
-        return [f"{b}.{k}" for b in range(num_blocks) for k in self.kinds]
+        """Every unit the method may remove, in model order (barrier blocks excluded)."""
+        front, back = self.barriers
+        return [f"{b}.{k}" for b in range(front, num_blocks - back) for k in self.kinds]
+
+    def spec_defaults(self, fields: Set[str]) -> dict[str, Any]:
+        """The method's own defaults among `fields` (e.g. SearchSpec's or CalibrationSpec's)."""
+        return {k: v for k, v in self.defaults.items() if k in fields}
 
     def progress(self, num_blocks: int, removed: Set[str]) -> int:
         """How many of the method's units are removed (manual removals of the same kind count)."""
@@ -128,13 +139,77 @@ register(
         always_iterative=True,
         front_exclusion=True,
         summary="greedy: remove the sublayer whose removal changes the output least",
+        paper="Zhang et al., FinerCut, arXiv 2405.18218",
     )
 )
 _SIM = Scoring.SIMILARITY
-register(Method("attn-drop", ("attn",), _SIM, False, False, "attention sublayers by 1 - cos"))
-register(Method("mlp-drop", ("mlp",), _SIM, False, False, "MLP sublayers by 1 - cos"))
-register(Method("block-drop", ("block",), _SIM, False, False, "whole blocks by 1 - cos"))
-register(Method("joint-drop", ("attn", "mlp"), _SIM, False, False, "attention and MLP ranked together"))
+_LLM_DROP = "He et al., What Matters in Transformers? (LLM-Drop), arXiv 2406.15786"
+register(
+    Method("attn-drop", ("attn",), _SIM, False, False, "attention sublayers by 1 - cos", paper=_LLM_DROP)
+)
+register(Method("mlp-drop", ("mlp",), _SIM, False, False, "MLP sublayers by 1 - cos", paper=_LLM_DROP))
+register(Method("block-drop", ("block",), _SIM, False, False, "whole blocks by 1 - cos", paper=_LLM_DROP))
+register(
+    Method(
+        "joint-drop",
+        ("attn", "mlp"),
+        _SIM,
+        False,
+        False,
+        "attention and MLP ranked together",
+        paper=_LLM_DROP,
+    )
+)
+# the peers' methods by name, each with its paper's defaults (README: "The peers' methods")
+register(
+    Method(
+        "sleb",
+        ("block",),
+        Scoring.DISTANCE,
+        always_iterative=True,
+        front_exclusion=False,
+        summary="greedy: remove the block whose removal gives the lowest calibration NLL",
+        defaults={"metric": "nll", "source": "wikitext2", "samples": 128, "seq_len": 2048},
+        barriers=(1, 1),  # SLEB's early_barrier / latter_barrier: its first and last block stay
+        paper="Song et al., SLEB, arXiv 2402.09025",
+    )
+)
+register(
+    Method(
+        "blockpruner",
+        ("attn", "mlp"),
+        Scoring.DISTANCE,
+        always_iterative=True,
+        front_exclusion=False,
+        summary="greedy: remove the sublayer whose removal gives the lowest calibration perplexity",
+        defaults={"metric": "nll", "samples": 32, "seq_len": 2048},
+        paper="Zhong et al., BlockPruner, arXiv 2406.10594",
+    )
+)
+register(
+    Method(
+        "shortgpt",
+        ("block",),
+        _SIM,
+        False,
+        False,
+        "one-shot: the blocks of lowest Block Influence, 1 - mean cos(block input, output)",
+        defaults={"block_metric": "cosine"},
+        paper="Men et al., ShortGPT, arXiv 2403.03853",
+    )
+)
+register(
+    Method(
+        "angular",
+        ("block",),
+        _SIM,
+        False,
+        False,
+        "one-shot: the contiguous run of n blocks of smallest angular distance at the last token",
+        defaults={"block_metric": "angular-gap"},
+        paper="Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers, arXiv 2403.17887",
+    )
+)
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 

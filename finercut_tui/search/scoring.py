@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from finercut_tui.domain.sublayers import split_id
+from finercut_tui.domain.sublayers import expand, split_id
 from finercut_tui.errors import is_out_of_memory
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.search.allocator import keep_freed_memory
@@ -197,10 +197,11 @@ class Scorer:
 
     # -- candidates --------------------------------------------------------------------------------
     def score(self, sid: str) -> float:
-        """Distance to the original model of the current model with `sid` also removed."""
+        """Distance to the original model of the current model with `sid` (a sublayer, or `<b>.block`
+        for both) also removed; the prefix cache serves sublayers and blocks alike."""
         self.reference()
         self.begin_step()  # a no-op unless the model changed since the last capture
-        with self.pm.removed_also(sid):
+        with self.pm.removed_also(*expand([sid])):
             return self._with_oom_fallback(lambda: self._score_current(split_id(sid)[0]))
 
     def _score_current(self, first_block: int) -> float:
