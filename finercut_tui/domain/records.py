@@ -16,6 +16,44 @@ from typing import Any
 
 from finercut_tui.domain.evals import EvalRecord
 
+# what a file may claim before anything is sized by it (a damaged or hand-edited file must not cost
+# unbounded memory or time): far above any real model, far below what would exhaust a machine
+MAX_BLOCKS = 4096
+MAX_SAMPLES = 1_000_000
+MAX_SEQ_LEN = 10_000_000
+
+
+def bounded_int(value: Any, what: str, low: int, high: int) -> int:
+    """`value` as an int in low..high, else a ValueError that names the field and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{what} {number} is out of range {low}..{high}")
+    return number
+
+
+def optional_float(value: Any, what: str) -> float | None:
+    """None, or `value` as a float; a ValueError that names the field for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{what} must be a number, not {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, not {value!r}") from None
+
+
+def _score(value: Any) -> float:
+    number = optional_float(value, "a candidate's score")
+    if number is None:
+        raise ValueError("a candidate's score is empty")
+    return number
+
 
 def _require_mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -61,7 +99,7 @@ class ModelRecord:
     def from_dict(cls, data: Any) -> ModelRecord:
         data = _require_mapping(data, "model")
         return cls(
-            num_blocks=int(data["num_blocks"]),
+            num_blocks=bounded_int(data["num_blocks"], "model num_blocks", 1, MAX_BLOCKS),
             name_or_path=data.get("name_or_path") or None,
             gguf_file=data.get("gguf_file"),
             revision=data.get("revision"),
@@ -111,8 +149,8 @@ class CalibrationRecord:
         data = _require_mapping(data, "calibration")
         return cls(
             source=str(data["source"]),
-            samples=int(data["samples"]),
-            seq_len=int(data["seq_len"]),
+            samples=bounded_int(data["samples"], "calibration samples", 1, MAX_SAMPLES),
+            seq_len=bounded_int(data["seq_len"], "calibration seq_len", 1, MAX_SEQ_LEN),
             split=data.get("split"),
             bos=data.get("bos"),
             fingerprint=data.get("fingerprint"),
@@ -159,14 +197,16 @@ class Step:
         if by not in BY:
             raise ValueError(f"bad 'by' in step {data!r}")
         scores = data.get("scores")
+        if scores is not None and not isinstance(scores, dict):
+            raise ValueError(f"bad scores in step {data.get('removed')!r}: a mapping of id: score")
         return cls(
             removed=str(data["removed"]),
             by=by,
-            score=data.get("score"),
-            scores=None if scores is None else {str(k): float(v) for k, v in scores.items()},
-            seconds=data.get("seconds"),
-            world_size=int(data.get("world_size") or 1),
-            gpus_per_replica=int(data.get("gpus_per_replica") or 1),
+            score=optional_float(data.get("score"), "step score"),
+            scores=None if scores is None else {str(k): _score(v) for k, v in scores.items()},
+            seconds=optional_float(data.get("seconds"), "step seconds"),
+            world_size=bounded_int(data.get("world_size") or 1, "world_size", 1, 1 << 20),
+            gpus_per_replica=bounded_int(data.get("gpus_per_replica") or 1, "gpus_per_replica", 1, 1 << 16),
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.errors import FinercutError, error_line, is_out_of_memory
 from finercut_tui.model.checkpoint import CONFIG_KEY, read_safetensors
 from finercut_tui.model.surgery import PrunableModel
 
@@ -33,7 +33,15 @@ def export_info(path: str | os.PathLike) -> dict[str, Any]:
     config_path = Path(path).expanduser() / "config.json"
     if not config_path.is_file():
         raise FinercutError(f"no config.json in {path}: not a model folder (check the path)")
-    return dict(json.loads(config_path.read_text(encoding="utf-8")).get(CONFIG_KEY) or {})
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FinercutError(
+            f"{config_path} is not valid JSON ({exc}): the export is damaged; export it again"
+        ) from exc
+    if not isinstance(config, dict):
+        raise FinercutError(f"{config_path} is not a model config: the export is damaged; export it again")
+    return dict(config.get(CONFIG_KEY) or {})
 
 
 def load_pruned(
@@ -64,11 +72,28 @@ def load_prunable(
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
 ) -> PrunableModel:
-    """Load an export (either format, or any plain checkpoint) as a PrunableModel with its tokenizer."""
+    """Load an export (either format, or any plain checkpoint) as a PrunableModel with its tokenizer.
+
+    A folder that cannot be read (a missing or truncated shard, a cut config.json, a dtype no torch
+    has, weights that disagree with the removal list) ends in one FinercutError that names it."""
+    folder = Path(path).expanduser()
+    try:
+        return _load_prunable(folder, device, dtype, attn_implementation)
+    except FinercutError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what a damaged folder raises varies by library
+        if is_out_of_memory(exc):
+            raise
+        raise FinercutError(
+            f"cannot load {folder}: {error_line(exc, 200)}; the folder is damaged or not a finercut export "
+            "(export it again)"
+        ) from exc
+
+
+def _load_prunable(folder: Path, device: str, dtype, attn_implementation: str | None) -> PrunableModel:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    folder = Path(path).expanduser()
     info = export_info(folder)
     torch_dtype = _torch_dtype(dtype)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -68,6 +68,8 @@ class Controller:
         self._paused = False
         self._pause_after_removal = False
         self._cancelled = threading.Event()
+        self._sent = 0  # commands sent, and applied by the engine (their events emitted)
+        self._applied = 0
 
     # -- called from the UI / any thread ----------------------------------------------------------
     def pause(self) -> None:
@@ -103,7 +105,14 @@ class Controller:
     def send(self, command: Command) -> None:
         with self._cond:
             self._queue.append(command)
+            self._sent += 1
             self._cond.notify_all()
+
+    @property
+    def idle(self) -> bool:
+        """Every command sent has been applied: its events are out (the app and the tests wait on it)."""
+        with self._cond:
+            return self._applied >= self._sent
 
     def pin(self, sid: str) -> None:
         self.send(Pin(sid))
@@ -135,6 +144,11 @@ class Controller:
             commands = tuple(self._queue)
             self._queue.clear()
             return Directive(commands, self._paused, self._cancelled.is_set())
+
+    def applied(self) -> None:
+        """Called by the search once a command is applied and its events are emitted."""
+        with self._cond:
+            self._applied += 1
 
     def extend(self, target: int) -> None:
         """After the search reached its target: search on to `target` removals."""

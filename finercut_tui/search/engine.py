@@ -166,11 +166,17 @@ class SearchEngine:
             try:
                 for command in directive.commands:
                     if isinstance(command, Extend):
+                        self._applied()  # the extended search itself is the rest of its effect
                         yield from self._extend(command.target)
                     else:
                         yield from self._handle(command, None, None)
+                        self._applied()
             except Cancelled:
                 return
+
+    def _applied(self) -> None:
+        if self.world.is_main:
+            self.controller.applied()
 
     def _directive(self) -> Directive:
         """This checkpoint's commands and state: the controller's, or under torchrun rank 0's on every
@@ -179,18 +185,20 @@ class SearchEngine:
         return self.world.broadcast(mine)
 
     def _extend(self, target: int) -> Iterator[Event]:
-        if target <= self.progress():
-            yield LogMessage(
-                f"the target {target} is reached already: give more than {self.progress()}", "warning"
-            )
-            return
+        """Search on to `target` removals (the command counts as applied once the target changed)."""
         free, held = self._candidates()
-        if not free and not held:
-            yield LogMessage("nothing left to remove: every candidate is removed or pinned", "warning")
+        if target <= self.progress():
+            why = f"the target {target} is reached already: give more than {self.progress()}"
+        elif not free and not held:
+            why = "nothing left to remove: every candidate is removed or pinned"
+        else:
+            self.target = target
+            yield TargetChanged(target)
+            self._applied()
+            yield from self.run()
             return
-        self.target = target
-        yield TargetChanged(target)
-        yield from self.run()
+        yield LogMessage(why, "warning")
+        self._applied()
 
     def _one_step(self) -> Iterator[Event]:
         candidates, held = self._candidates()
@@ -271,6 +279,7 @@ class SearchEngine:
                 raise Cancelled()
             for command in directive.commands:
                 restart |= yield from self._handle(command, scores, pending)
+                self._applied()
             if not directive.paused:
                 break
             if not announced_pause:

@@ -119,7 +119,11 @@ BY_NAME: dict[str, Action] = {a.name: a for a in ACTIONS}
 BY_KEY: dict[str, Action] = {key: a for a in ACTIONS for key in a.keys.split(",")}
 
 # keys that are not actions of the table (the grid's cursor, Textual's palette), for the help screen
-CURSOR_KEYS = ("arrows  h j k l", "move the cursor (pgup / pgdn: a screen; in a replay ← → step)")
+CURSOR_KEYS = (
+    "arrows  h j k l",
+    "move the cursor (pgup / pgdn: a screen, home / end: the first / last block; in a replay ← → home "
+    "end step)",
+)
 PALETTE_KEYS = ("ctrl+p", "command palette: every action by name")
 
 

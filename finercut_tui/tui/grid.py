@@ -61,6 +61,8 @@ class LayerGrid(ScrollView, can_focus=True):
         Binding("right,l", "cursor_right", "Right", show=False),
         Binding("pageup", "cursor_page(-1)", "Page up", show=False),
         Binding("pagedown", "cursor_page(1)", "Page down", show=False),
+        Binding("home", "cursor_edge(0)", "First block", show=False),  # a replay's home / end step
+        Binding("end", "cursor_edge(1)", "Last block", show=False),  # instead (priority bindings)
     ]
 
     class CursorMoved(Message):
@@ -218,6 +220,9 @@ class LayerGrid(ScrollView, can_focus=True):
             self.cursor_block + direction * max(1, self.scrollable_content_region.height - 1),
             self.cursor_kind,
         )
+
+    def action_cursor_edge(self, last: int) -> None:
+        self.move_cursor(self.layer_map.num_blocks - 1 if last else 0, self.cursor_kind)
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
