@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("compare",),  # and show's report on top of them
     ("layer_map",),
     ("report",),
-    ("export", "heal", "repair"),  # what is made of a pruned model: folders, cards, heals, repairs
+    ("export", "heal", "repair", "bakeoff"),  # what is made of searches: exports, heals, repairs, bake-offs
     ("commands", "tui"),  # the faces
     ("cli", "__init__"),
     ("__main__",),

@@ -221,6 +221,12 @@ def get_method(name: str) -> Method:
         raise FinercutError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
 
 
+def picks_one_run(method: Method, block_metric: str) -> bool:
+    """Whether the method removes one contiguous run of blocks chosen for its target (angular-gap):
+    its order at a smaller target is then no prefix of the order at a larger one."""
+    return method.unit == "block" and block_metric == "angular-gap"
+
+
 def is_removed(uid: str, removed: Set[str]) -> bool:
     """A unit is removed when all of its sublayers are."""
     return all(s in removed for s in expand([uid]))

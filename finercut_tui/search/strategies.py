@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from finercut_tui.domain.events import CandidateScored, CandidateStarted, Event
-from finercut_tui.domain.methods import Method, Scoring, block_of
+from finercut_tui.domain.methods import Method, Scoring, block_of, picks_one_run
 from finercut_tui.domain.spec import ScoringOptions, SearchSpec
 from finercut_tui.domain.sublayers import expand, sort_key
 from finercut_tui.errors import FinercutError
@@ -264,7 +264,7 @@ STRATEGIES: dict[Scoring, type[Ranking]] = {
 def strategy_for(engine: Engine) -> Strategy:
     """The strategy of the engine's method (and, for block units, its block metric)."""
     spec = engine.spec
-    if spec.info.unit == "block" and spec.block_metric == "angular-gap":
+    if picks_one_run(spec.info, spec.block_metric):
         return AngularGapRun(engine)
     return STRATEGIES[spec.info.scoring](engine)
 
