@@ -173,14 +173,14 @@ def test_run_eval_with_tasks_and_ppl(pm, tasks_dir, tmp_path, english_text):
     )
     base, rec = run_eval(pm, request, 2, [])
     assert pm.removed == frozenset(REMOVALS)
-    assert set(rec["results"]) == {f"ppl:{text}", "tiny_mc", "tiny_rolling"}
-    assert rec["average"] == rec["results"]["tiny_mc"]  # perplexity-type metrics stay out of the average
-    base_acc, acc = base["results"]["tiny_mc"], rec["results"]["tiny_mc"]
-    assert rec["retained"]["tiny_mc"] == (pytest.approx(100 * acc / base_acc) if base_acc else None)
-    base_wp, wp = base["results"]["tiny_rolling"], rec["results"]["tiny_rolling"]
-    assert rec["retained"]["tiny_rolling"] == pytest.approx(100 * base_wp / wp)
-    assert rec["retained_average"] == rec["retained"]["tiny_mc"]
-    assert rec["what"]["tasks"] == ["tiny_mc", "tiny_rolling"] and rec["what"]["limit"] == 6
-    assert rec["what"]["tasks_dir_fingerprint"].startswith("sha256:")
+    assert set(rec.results) == {f"ppl:{text}", "tiny_mc", "tiny_rolling"}
+    assert rec.average == rec.results["tiny_mc"]  # perplexity-type metrics stay out of the average
+    base_acc, acc = base.results["tiny_mc"], rec.results["tiny_mc"]
+    assert rec.retained["tiny_mc"] == (pytest.approx(100 * acc / base_acc) if base_acc else None)
+    base_wp, wp = base.results["tiny_rolling"], rec.results["tiny_rolling"]
+    assert rec.retained["tiny_rolling"] == pytest.approx(100 * base_wp / wp)
+    assert rec.retained_average == rec.retained["tiny_mc"]
+    assert rec.what["tasks"] == ["tiny_mc", "tiny_rolling"] and rec.what["limit"] == 6
+    assert rec.what["tasks_dir_fingerprint"].startswith("sha256:")
     direct = run_tasks(pm, pm.tokenizer, ["tiny_mc"], tasks_dir=str(tasks_dir), limit=6)
     assert direct.tasks[0].value == acc

@@ -105,35 +105,36 @@ def test_run_eval_baseline_logic(pm, tmp_path, english_text):
     torch.manual_seed(7)
     random.seed(7)
     np.random.seed(7)
-    evals: list[dict] = []
+    evals: list = []
     first = run_eval(pm, request, 2, evals)
     assert (torch.rand(1).item(), random.random(), np.random.rand()) == _draws(7)  # RNG untouched
-    assert [r["step"] for r in first] == [0, 2]
+    assert [r.step for r in first] == [0, 2]
     assert pm.removed == frozenset(removals)
     name = f"ppl:{eval_file}"
     base, rec = first
-    assert base["results"][name] == pytest.approx(dense, rel=1e-6)
-    assert rec["results"][name] == pytest.approx(pruned, rel=1e-6)
-    assert rec["retained"][name] == pytest.approx(100 * dense / pruned, rel=1e-6)
-    assert rec["retained_average"] == rec["retained"][name] and rec["average"] is None
-    assert base["retained"][name] == 100.0 and base["what"] == rec["what"]
-    assert rec["what"]["ppl_fingerprint"].startswith("sha256:") and rec["what"]["ppl_windows"] == 15
-    assert rec["overlaps_calibration"] is True and "calibration" in rec["warnings"][0]
+    assert base.results[name] == pytest.approx(dense, rel=1e-6)
+    assert rec.results[name] == pytest.approx(pruned, rel=1e-6)
+    assert rec.retained[name] == pytest.approx(100 * dense / pruned, rel=1e-6)
+    assert rec.retained_average == rec.retained[name] and rec.average is None
+    assert base.retained[name] == 100.0 and base.what == rec.what
+    assert rec.what["ppl_fingerprint"].startswith("sha256:") and rec.what["ppl_windows"] == 15
+    assert rec.overlaps_calibration is True and "calibration" in rec.warnings[0]
     evals.extend(first)
 
     second = run_eval(pm, request, 2, evals)  # the baseline is reused
-    assert [r["step"] for r in second] == [2]
-    assert second[0]["results"] == rec["results"]
+    assert [r.step for r in second] == [2]
+    assert second[0].results == rec.results
     assert pm.removed == frozenset(removals)
 
     other = EvalRequest(ppl=str(eval_file), ppl_seq_len=32, batch_size=4)  # another `what`: new baseline
     third = run_eval(pm, other, 2, evals)
-    assert [r["step"] for r in third] == [0, 2] and "overlaps_calibration" in third[1]
-    assert third[1]["overlaps_calibration"] is False
+    assert [r.step for r in third] == [0, 2] and "overlaps_calibration" in third[1].to_dict()
+    assert third[1].overlaps_calibration is False
 
     import yaml  # records are plain YAML
 
-    assert yaml.safe_load(yaml.safe_dump(first)) == first
+    records = [r.to_dict() for r in first]
+    assert yaml.safe_load(yaml.safe_dump(records)) == records
 
 
 def _draws(seed: int) -> tuple[float, float, float]:

@@ -16,7 +16,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 from finercut_tui import load_pruned
 from finercut_tui.cli import main
-from finercut_tui.commands.export import resolve_step
+from finercut_tui.domain.steps import resolve_step
 from finercut_tui.domain.sublayers import expand
 from finercut_tui.errors import FinercutError
 from finercut_tui.export.folder import export_pruned

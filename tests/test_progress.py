@@ -8,7 +8,7 @@ import torch
 from builders import make_engine
 from tiny_models import tiny_model
 
-from finercut_tui.commands.run import ProgressBar
+from finercut_tui.commands.common import ProgressBar
 from finercut_tui.model.surgery import PrunableModel
 
 

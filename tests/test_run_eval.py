@@ -9,7 +9,6 @@ from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 from finercut_tui.cli import main
-from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.events import CandidateScored, EvalFinished, SublayerRemoved
 from finercut_tui.eval.request import EvalRequest
 from finercut_tui.eval.runner import run_eval
@@ -72,9 +71,7 @@ def test_evaluate_now_with_real_perplexity_keeps_the_removal_order(tmp_path):
             4,
             method="finercut",
             controller=ctl,
-            evaluator=lambda req, step: [
-                EvalRecord.from_dict(r) for r in run_eval(pm, req, step, [e.to_dict() for e in evals])
-            ],
+            evaluator=lambda req, step: run_eval(pm, req, step, evals),
         )
         events = []
         for ev in engine.run():

@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from finercut_tui.domain.methods import METHODS
+from finercut_tui.commands.options import add_options
+from finercut_tui.domain.options import options_of
 from finercut_tui.domain.spec import SearchSpec
 
 DEMO_SAMPLES, DEMO_SEQ_LEN = 2, 64
@@ -35,24 +36,15 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--headless", action="store_true", help="run without the app (progress on stderr)")
-    default = SearchSpec()
-    p.add_argument(
-        "--target",
-        default=default.target,
-        help=f"removals: N, a fraction 0<F<1, or 'all' (default {default.target})",
-    )
-    p.add_argument(
-        "--method", default=default.method, help=f"{' | '.join(METHODS)} (default {default.method})"
-    )
+    add_options(p, [o.with_(group=None) for o in options_of(SearchSpec) if o.field in ("target", "method")])
     p.add_argument("--session", default=None, help="session YAML (default: a new file in the cache folder)")
     p.add_argument("--no-color", action="store_true", help="no colours (also: the NO_COLOR variable)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from finercut_tui.commands.common import progress_printer
-    from finercut_tui.commands.run import ProgressBar
-    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
+    from finercut_tui.commands.common import progress_printer, run_headless
+    from finercut_tui.domain.spec import CalibrationSpec, SearchSetup
     from finercut_tui.model.loading import ModelSpec
     from finercut_tui.search.job import prepare_job
 
@@ -74,12 +66,7 @@ def run(args) -> int:
     )
     job.session.notes = "demo configuration: SmolLM2-135M GGUF, pydoc calibration 2 x 64 tokens"
     if args.headless:
-        bar = ProgressBar()
-        try:
-            for event in job.events():
-                bar(event)
-        finally:
-            bar.close()
+        run_headless(job)
         print(f"session saved: {job.session_path}", file=sys.stderr)
         print(" ".join(job.session.removed_at()))
         return 0

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from finercut_tui.commands.common import add_model_args, progress_printer
+from finercut_tui.commands.common import add_model_args, model_spec, progress_printer
+from finercut_tui.commands.options import SESSION_FILE, add_options, add_step_options
+from finercut_tui.domain.options import Option
+from finercut_tui.domain.steps import StepRule, resolve_step
 from finercut_tui.errors import FinercutError
+
+STEPS = StepRule(verb="export the model")
+OUT = Option(("--out",), required=True, help="output folder (must be empty or absent)")
+FORCE = Option(("--force",), action="store_true", help="write into a non-empty --out (replaces an export)")
 
 
 def register(subparsers) -> None:
@@ -20,66 +27,18 @@ def register(subparsers) -> None:
             "(finercut_tui.load_pruned loads it). Adds PRUNING.md. The model defaults to the session's."
         ),
     )
-    p.add_argument("session", help="session YAML written by run / tui")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, help="export the model after the first K removals")
-    which.add_argument(
-        "--ratio",
-        type=float,
-        help="export the shortest prefix of removals that removes at least this fraction (0..1) of sublayers",
-    )
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces an export)")
+    add_options(p, [SESSION_FILE])
+    add_step_options(p, STEPS)
+    add_options(p, [OUT, FORCE])
     add_model_args(p)
     p.set_defaults(func=run)
 
 
-def resolve_step(session, step: int | None = None, ratio: float | None = None) -> int:
-    """The number of removals to apply: `step` checked against the session, or the prefix for `ratio`."""
-    from finercut_tui.domain.sublayers import expand
-
-    n = len(session.steps)
-    if n == 0:
-        raise FinercutError("the session has no steps yet: no removals to apply")
-    if step is not None:
-        if not 1 <= step <= n:
-            raise FinercutError(f"--step {step} is out of range: this session has steps 1..{n}")
-        return step
-    if ratio is None or not 0 < ratio < 1:
-        raise FinercutError(f"--ratio {ratio} must be between 0 and 1 (exclusive), e.g. 0.25")
-    total = 2 * session.num_blocks
-    for k in range(1, n + 1):
-        if len(expand(session.removed_at(k))) >= ratio * total:
-            return k
-    reached = len(expand(session.removed_at()))
-    raise FinercutError(
-        f"--ratio {ratio} is not reached: the session removes {reached} of {total} sublayers "
-        f"({reached / total:.3f}); use a smaller --ratio or continue the search"
-    )
-
-
-def _spec(args: argparse.Namespace, session):
-    from finercut_tui.model.loading import DTYPES, ModelSpec
-
-    recorded = session.model
-    if args.model or args.gguf_file:
-        name, gguf = args.model or "", args.gguf_file
-    else:
-        name, gguf = recorded.name_or_path or "", recorded.gguf_file
-    if not name and not gguf:
-        raise FinercutError(
-            "the session records no model: pass --model ORG/NAME or a folder (or --gguf-file)"
-        )
-    dtype = args.dtype
-    if dtype == "auto" and recorded.dtype in DTYPES:
-        dtype = recorded.dtype  # the precision the removals were chosen in
-    return ModelSpec(
-        name_or_path=name,
-        gguf_file=gguf,
-        dtype=dtype,
-        device=args.device,
-        revision=args.revision or recorded.revision,
-    )
+def check_out_is_not_the_source(spec, out) -> None:
+    """--out must not be the folder the model is read from."""
+    source = Path(spec.name_or_path).expanduser()
+    if spec.name_or_path and source.is_dir() and source.resolve() == Path(out).expanduser().resolve():
+        raise FinercutError(f"--out {out} is the source model's folder: pick another folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from finercut_tui.session import Session, check_matches
 
     session = Session.load(args.session)
-    k = resolve_step(session, step=args.step, ratio=args.ratio)
+    k = resolve_step(session, args.step, args.ratio, STEPS)
     check_out_dir(args.out, args.force)  # fail before the (slow) model load
     progress = progress_printer()
-    spec = _spec(args, session)
-    source = Path(spec.name_or_path).expanduser()
-    if spec.name_or_path and source.is_dir() and source.resolve() == Path(args.out).expanduser().resolve():
-        raise FinercutError(f"--out {args.out} is the source model's folder: pick another folder")
+    spec = model_spec(args, session)
+    check_out_is_not_the_source(spec, args.out)
     lm = load_model(spec, progress=progress)
     check_matches(session, architecture=lm.architecture, num_blocks=lm.pm.num_blocks, source=args.session)
     removed = session.removed_at(k)

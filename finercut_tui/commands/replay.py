@@ -6,6 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from finercut_tui.commands.options import DTYPE_CHOICES, SESSION_FILE, add_options, add_step_options
+from finercut_tui.domain.steps import StepRule
+
+STEPS = StepRule(first=0, ratio=False, required=False, verb="open the replay")
+
 
 def register(subparsers) -> None:
     from finercut_tui.commands.tui import add_terminal_args
@@ -19,15 +24,15 @@ def register(subparsers) -> None:
             "the search from the shown step in a new session <name>-from-K.yaml (this loads the model)."
         ),
     )
-    p.add_argument("session", help="session YAML")
-    p.add_argument("--step", type=int, default=None, metavar="K", help="open at step K (default: the last)")
+    add_options(p, [SESSION_FILE.with_(help="session YAML")])
+    add_step_options(p, STEPS)
     c = p.add_argument_group("when continuing (c)")
     c.add_argument("--device", default=None, help="device for the model (default: auto)")
     c.add_argument(
         "--dtype",
         default=None,
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights dtype (default: what the session asked for)",
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default: the one the session's removals were chosen in)",
     )
     add_terminal_args(p)
     p.set_defaults(func=run)
@@ -35,13 +40,13 @@ def register(subparsers) -> None:
 
 def build_app(session_path: str | Path, step: int | None = None, **model_overrides: Any):
     """The replay app for a session file (imports no torch / transformers)."""
-    from finercut_tui.errors import FinercutError
+    from finercut_tui.domain.steps import resolve_step
     from finercut_tui.session import Session
     from finercut_tui.tui.app import WorkbenchApp
 
     session = Session.load(session_path)
-    if step is not None and not 0 <= step <= len(session.steps):
-        raise FinercutError(f"--step {step} is out of range: this session has steps 0..{len(session.steps)}")
+    if step is not None:  # None: the last step
+        resolve_step(session, step, rule=STEPS)
     overrides = {k: v for k, v in model_overrides.items() if v is not None}
     return WorkbenchApp(session, session_path, replay_step=step, model_overrides=overrides)
 

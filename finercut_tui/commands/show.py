@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from finercut_tui.commands.options import SESSION_FILE, add_options, add_step_options
+from finercut_tui.domain.steps import StepRule
+
 FORMATS = ("text", "markdown", "svg", "curves-svg")
+STEPS = StepRule(first=0, ratio=False, required=False, verb="show the map")
 
 
 def register(subparsers) -> None:
@@ -17,8 +21,8 @@ def register(subparsers) -> None:
             "depth quarter, the removal order with scores, and the evaluations. No model is loaded."
         ),
     )
-    p.add_argument("session", help="session YAML")
-    p.add_argument("--step", type=int, default=None, metavar="K", help="show the map after K removals")
+    add_options(p, [SESSION_FILE.with_(help="session YAML")])
+    add_step_options(p, STEPS)
     p.add_argument(
         "--format",
         default="text",
@@ -30,13 +34,14 @@ def register(subparsers) -> None:
 
 
 def render(session_path: str | Path, fmt: str = "text", step: int | None = None) -> str:
+    from finercut_tui.domain.steps import resolve_step
     from finercut_tui.errors import FinercutError
     from finercut_tui.report import render_curves_svg, render_markdown, render_svg, render_text
     from finercut_tui.session import Session
 
     session = Session.load(session_path)
-    if step is not None and not 0 <= step <= len(session.steps):
-        raise FinercutError(f"--step {step} is out of range: this session has steps 0..{len(session.steps)}")
+    if step is not None:  # None: the whole session
+        resolve_step(session, step, rule=STEPS)
     if fmt == "text":
         return render_text(session, step, source=str(session_path))
     if fmt == "markdown":

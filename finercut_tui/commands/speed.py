@@ -6,7 +6,11 @@ import argparse
 import gc
 
 from finercut_tui.commands.common import add_model_args, model_spec, progress_printer
+from finercut_tui.commands.options import add_step_options
+from finercut_tui.domain.steps import StepRule
 from finercut_tui.errors import FinercutError
+
+STEPS = StepRule(required=False, verb="with --session: measure the model")  # export's, default the last
 
 
 def register(subparsers) -> None:
@@ -23,7 +27,7 @@ def register(subparsers) -> None:
     pruned = p.add_mutually_exclusive_group(required=True)
     pruned.add_argument("--session", help="session YAML: prune the loaded model by its first --step removals")
     pruned.add_argument("--pruned", metavar="DIR", help="a folder written by `finercut-tui export`")
-    p.add_argument("--step", type=int, default=None, help="with --session: removals to apply (default: all)")
+    add_step_options(p, STEPS)
     p.add_argument("--context", type=int, default=2048, help="prompt length in tokens (default 2048)")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens to generate greedily (default 128)")
     p.add_argument("--batch", type=int, default=1, help="prompts per batch (default 1)")
@@ -44,15 +48,22 @@ def _check_sizes(args: argparse.Namespace, config) -> None:
         )
 
 
-def _session_removals(args: argparse.Namespace, pm, architecture: str) -> tuple[list[str], str]:
-    from finercut_tui.commands.export import resolve_step
+def _session_removals(args: argparse.Namespace, session, pm, architecture: str) -> tuple[list[str], str]:
+    from finercut_tui.domain.steps import resolve_step
     from finercut_tui.domain.sublayers import expand
-    from finercut_tui.session import Session, check_matches
+    from finercut_tui.session import check_matches
 
-    session = Session.load(args.session)
     check_matches(session, architecture=architecture, num_blocks=pm.num_blocks, source=args.session)
-    k = resolve_step(session, step=args.step if args.step is not None else len(session.steps))
+    k = resolve_step(session, args.step, args.ratio, STEPS)
     return expand(session.removed_at(k)), f"{args.session} step {k}"
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if (args.step is not None or args.ratio is not None) and not args.session:
+        flag = "--step" if args.step is not None else "--ratio"
+        raise FinercutError(f"{flag} goes with --session (an exported --pruned folder is already pruned)")
+    if args.new_tokens < 2:
+        raise FinercutError("--new-tokens must be at least 2 (decode speed needs a token after the first)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,18 +72,17 @@ def run(args: argparse.Namespace) -> int:
     from finercut_tui.model.load_pruned import export_info, load_prunable
     from finercut_tui.model.loading import load_model
     from finercut_tui.model.speed import measure, random_input_ids, speed_table
+    from finercut_tui.session import Session
 
-    if args.step is not None and not args.session:
-        raise FinercutError("--step goes with --session (an exported --pruned folder is already pruned)")
-    if args.new_tokens < 2:
-        raise FinercutError("--new-tokens must be at least 2 (decode speed needs a token after the first)")
+    _check_args(args)
     info = export_info(args.pruned) if args.pruned else {}  # a bad folder fails before any loading
     progress = progress_printer()
-    lm = load_model(model_spec(args), progress=progress)
+    session = Session.load(args.session) if args.session else None
+    lm = load_model(model_spec(args, session), progress=progress)
     _check_sizes(args, lm.model.config)
     pm, dtype = lm.pm, lm.dtype
     if args.session:
-        removed, what = _session_removals(args, pm, lm.architecture)
+        removed, what = _session_removals(args, session, pm, lm.architecture)
     else:
         source_blocks = info.get("source_num_blocks")
         if source_blocks is not None and int(source_blocks) != pm.num_blocks:
@@ -107,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         note = "pruned model loaded from the export"
     device_name = str(ids.device)
     print(
-        f"speed  model {args.gguf_file or args.model}  vs  {what}\n"
+        f"speed  model {args.gguf_file or args.model or session.model.name}  vs  {what}\n"
         f"       device {device_name}, {dtype}, batch {args.batch}, context {args.context}, "
         f"{args.new_tokens} new tokens (greedy), seed {args.seed}; {note}"
     )

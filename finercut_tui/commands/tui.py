@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 
+from finercut_tui.commands.options import add_options
+from finercut_tui.domain.options import Option
+
 
 def register(subparsers) -> None:
     from finercut_tui.commands.run import add_search_args
@@ -27,10 +30,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+TERMINAL_OPTIONS = [
+    Option(
+        ("--no-color",),
+        action="store_true",
+        group="terminal",
+        help="no colours (also: the NO_COLOR variable)",
+    ),
+    Option(
+        ("--no-mouse",),
+        action="store_true",
+        group="terminal",
+        help="leave the mouse to the terminal (tmux copy mode)",
+    ),
+]
+
+
 def add_terminal_args(parser: argparse.ArgumentParser) -> None:
-    t = parser.add_argument_group("terminal")
-    t.add_argument("--no-color", action="store_true", help="no colours (also: the NO_COLOR variable)")
-    t.add_argument("--no-mouse", action="store_true", help="leave the mouse to the terminal (tmux copy mode)")
+    add_options(parser, TERMINAL_OPTIONS)
 
 
 def apply_terminal_args(args: argparse.Namespace) -> None:
@@ -52,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _follow(args: argparse.Namespace, world) -> int:
     """A rank other than 0: the same search, no screen; it ends when rank 0's app quits."""
-    from finercut_tui.commands.common import progress_printer
-    from finercut_tui.commands.run import job_from_args, silence_loading_bars
+    from finercut_tui.commands.common import progress_printer, silence_loading_bars
+    from finercut_tui.commands.run import job_from_args
 
     silence_loading_bars()
     job = job_from_args(args, progress=progress_printer(quiet=True), world=world)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from finercut_tui.domain.spec import CalibrationSpec, SearchSetup, SearchSpec
+from finercut_tui.domain.spec import SETUP_PARTS, CalibrationSpec, SearchSetup
 from finercut_tui.errors import FinercutError
 
 
@@ -60,4 +60,4 @@ def preset_setup(name: str, method: str | None, iterative: bool | None) -> Searc
     calibration = preset.calibration
     if iterative and preset.iterative_samples:
         calibration = dataclasses.replace(calibration, samples=preset.iterative_samples)
-    return SearchSetup(spec=SearchSpec(method=method, **preset.spec), calibration=calibration)
+    return SearchSetup(spec=SETUP_PARTS["spec"](method=method, **preset.spec), calibration=calibration)

@@ -4,6 +4,11 @@ evaluation schedule, each with its defaults and validation in one place.
 `SearchSpec` defines the removal order: two runs with equal specs on equal tokens remove the same
 sublayers in the same order. `ScoringOptions` only change how fast that happens. `MethodRecord` is
 the session's `method:` mapping, written exactly as schema 1 always wrote it.
+
+A field declared with `option(...)` is a command-line option of `run` and `tui` (`--help` shows its
+default), is taken from the session on `--resume` when left out, and (for `SearchSpec`) is written
+to the session's `method:` record when it differs from its default: adding a search option is one
+field here plus the code that uses it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from typing import Any
 from finercut_tui.domain.methods import (
     BLOCK_METRICS,
     FRONT_RULES,
+    METHODS,
     METRIC_NAMES,
     Method,
     front_held_blocks,
     get_method,
 )
+from finercut_tui.domain.options import Option, given_over, option, options_of
 from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.records import DEFAULT_LAYOUT
+from finercut_tui.domain.records import DEFAULT_LAYOUT, LAYOUTS
 from finercut_tui.errors import FinercutError
 
 PREFIX_CACHE_CHOICES = ("gpu", "cpu", "off")
@@ -31,19 +38,45 @@ DEFAULT_TIMEOUT_S = 1800
 # the fields of the `method:` record that decide the order: a resume may not change them
 _DEFINING = ("metric", "distance_dtype", "exclude_front", "exclude_front_rule", "iterative", "block_metric")
 DISTANCE_DTYPES = ("float32", "model")
+EVAL_DURING_RUN = "evaluation during the run"
 
 
 @dataclass(frozen=True)
 class SearchSpec:
-    method: str = "finercut"
-    target: str = "0.25"  # as given: a count N, a fraction 0<F<1, or "all"
-    metric: str = "js"  # FinerCut's distance (distance methods only)
-    iterative: bool = False  # similarity drop: re-score after each removal
-    exclude_front: float | None = None  # FinerCut's front exclusion (the reference code's -x); None: off
+    method: str = option("finercut", group="search", help=" | ".join(METHODS))
+    # as given: a count N, a fraction 0<F<1, or "all"
+    target: str = option(
+        "0.25", group="search", help="N removals, a fraction 0<F<1 of the candidates, or 'all'"
+    )
+    # FinerCut's distance (distance methods only)
+    metric: str = option("js", group="search", help=f"FinerCut distance: {', '.join(METRIC_NAMES)}")
+    iterative: bool = option(
+        False,
+        action="store_true",
+        group="search",
+        help="similarity drop: re-score after every removal (default: one-shot)",
+    )
+    # FinerCut's front exclusion (the reference code's -x); None: off
+    exclude_front: float | None = option(
+        None,
+        type=float,
+        metavar="X",
+        group="search",
+        help="FinerCut's front exclusion, the reference code's -x X: hold back blocks 0..int(L*X) until "
+        "int(2L*X)+1 sublayers are gone (X = 0 holds block 0 for the first removal; default: off)",
+    )
     front_rule: str = "reference"  # how -x is applied: see domain.methods.front_held_blocks
-    block_metric: str = "cosine"  # block units: cosine, or angular-gap (one contiguous run)
-    seed: int = 0
-    distance_dtype: str = "float32"  # distance methods: float32, or "model" (the model's dtype)
+    # block units: cosine, or angular-gap (one contiguous run)
+    block_metric: str = option("cosine", choices=BLOCK_METRICS, group="search", help="block-drop score")
+    seed: int = option(0, type=int, group="search", help="random seed")
+    # distance methods: float32, or "model" (the model's dtype)
+    distance_dtype: str = option(
+        "float32",
+        choices=DISTANCE_DTYPES,
+        group="search",
+        help="FinerCut: compute the distance in float32 or in the model's dtype (as the reference code "
+        "does; for reproducing bf16 runs)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", str(self.target))
@@ -120,8 +153,9 @@ class SearchSpec:
         """Why this spec cannot continue a session recorded with `recorded` (None when it can)."""
         if recorded.method != self.method:
             return f"is a {recorded.method} session, not {self.method}: drop --method or start a new session"
-        mine, theirs = self.record_fields(), recorded.record_fields()
-        for key in _DEFINING:
+        mine = {**self.record_fields(), **_added_values(self)}
+        theirs = {**recorded.record_fields(), **_added_values(recorded)}
+        for key in (*_DEFINING, *(k for k in mine if k not in _DEFINING)):
             if key in mine and key in theirs and mine[key] != theirs[key]:
                 flag = "--" + key.replace("_", "-")
                 return (
@@ -135,10 +169,29 @@ class SearchSpec:
 class CalibrationSpec:
     """Which tokens a search scores on (the session records the resulting fingerprint)."""
 
-    source: str = "wikitext2"  # wikitext2 | c4 | pydoc | a .txt/.jsonl path
-    samples: int = 10
-    seq_len: int = 256
-    layout: str = DEFAULT_LAYOUT  # how text becomes rows: see data.calibration
+    source: str = option(
+        "wikitext2",
+        "--calib",
+        group="calibration",
+        help="wikitext2 | c4 | pydoc | PATH to a .txt or .jsonl file",
+    )
+    samples: int = option(10, "--calib-samples", type=int, group="calibration", help="number of samples")
+    seq_len: int = option(256, "--seq-len", type=int, group="calibration", help="tokens per sample")
+    # how text becomes rows: see data.calibration
+    layout: str = option(
+        DEFAULT_LAYOUT,
+        "--calib-layout",
+        choices=LAYOUTS,
+        group="calibration",
+        help=f"how text becomes rows: {DEFAULT_LAYOUT} (every row starts with BOS), finercut (one "
+        "stream, one BOS) or llm-drop (documents + EOS, no BOS)",
+    )
+
+    def validate(self) -> CalibrationSpec:
+        for flag, value in (("--calib-samples", self.samples), ("--seq-len", self.seq_len)):
+            if int(value) < 1:
+                raise FinercutError(f"{flag} must be >= 1, got {value}")
+        return self
 
     def describe(self) -> str:
         layout = f" ({self.layout} layout)" if self.layout != DEFAULT_LAYOUT else ""
@@ -149,8 +202,18 @@ class CalibrationSpec:
 class ScoringOptions:
     """How fast a search scores; never what it finds."""
 
-    batch_size: int | None = None  # samples per forward (None: all; halves itself on out-of-memory)
-    prefix_cache: str = "gpu"  # keep block inputs on the model's device, offload them to CPU, or off
+    batch_size: int | None = option(
+        None,
+        type=int,
+        group="speed",
+        help="samples per forward (default all; halves itself on out-of-memory)",
+    )
+    prefix_cache: str = option(
+        "gpu",
+        choices=PREFIX_CACHE_CHOICES,
+        group="speed",
+        help="keep block inputs per step on the model's device, offload them to CPU, or off",
+    )
 
     def validate(self) -> ScoringOptions:
         if self.batch_size is not None and self.batch_size < 1:
@@ -166,8 +229,15 @@ class ScoringOptions:
 class EvalSchedule:
     """Evaluate every `every` removals (0: never) and at the end, with `request` (an EvalRequest)."""
 
-    every: int = 0
-    request: Any = None
+    every: int = option(
+        0,
+        "--eval-every",
+        type=int,
+        metavar="K",
+        group=EVAL_DURING_RUN,
+        help="evaluate after every K removals and at the end",
+    )
+    request: Any = None  # an EvalRequest (eval/request.py declares its options)
 
     def validate(self) -> EvalSchedule:
         if self.every < 0:
@@ -177,6 +247,36 @@ class EvalSchedule:
                 "--eval-every needs something to evaluate: add --ppl SOURCE and/or --tasks NAMES"
             )
         return self
+
+
+# the SearchSpec fields MethodRecord writes by hand (as schema 1 always did); any other field of the
+# spec is written under its own name when it differs from its default
+_HAND_WRITTEN = (
+    "method",
+    "target",
+    "metric",
+    "iterative",
+    "exclude_front",
+    "front_rule",
+    "block_metric",
+    "seed",
+    "distance_dtype",
+)
+
+
+def _added_values(spec: SearchSpec) -> dict[str, Any]:
+    """Every field added after schema 1's, default or not (what a resume compares)."""
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in _HAND_WRITTEN}
+
+
+def added_fields(spec: SearchSpec) -> dict[str, Any]:
+    """The spec's fields added after schema 1's, where they differ from their defaults."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if f.name not in _HAND_WRITTEN and value != f.default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 @dataclass(frozen=True)
@@ -207,6 +307,7 @@ class MethodRecord:
         out: dict[str, Any] = {"name": spec.method, "target": self.target, "target_spec": spec.target}
         out.update(spec.record_fields())
         out["seed"] = spec.seed
+        out.update(added_fields(spec))
         if self.batch_size is not None:
             out["batch_size"] = self.batch_size
         out.update(self.extra)
@@ -218,9 +319,15 @@ class MethodRecord:
             raise ValueError(f"bad method entry {data!r}")
         name = str(data["name"])
         info = get_method(name)
-        default = SearchSpec()
+        spec_type = SETUP_PARTS["spec"]
+        default = spec_type()
         target = data.get("target")
-        spec = SearchSpec(
+        added = {
+            f.name: data[f.name]
+            for f in dataclasses.fields(spec_type)
+            if f.name not in _HAND_WRITTEN and f.name in data
+        }
+        spec = spec_type(
             method=name,
             target=str(data.get("target_spec", target)),
             metric=str(data.get("metric", default.metric)) if info.scoring.uses_metric else default.metric,
@@ -230,9 +337,10 @@ class MethodRecord:
             distance_dtype=str(data.get("distance_dtype", default.distance_dtype)),
             block_metric=str(data.get("block_metric", default.block_metric)),
             seed=int(data.get("seed", default.seed) or 0),
+            **added,
         )
         batch = data.get("batch_size")
-        known = (*cls._KNOWN, "batch_size")
+        known = (*cls._KNOWN, "batch_size", *added)
         return cls(
             spec=spec,
             target=None if target is None else int(target),
@@ -241,16 +349,48 @@ class MethodRecord:
         )
 
 
+def _part(name: str) -> Any:
+    return dataclasses.field(default_factory=lambda: SETUP_PARTS[name]())
+
+
 @dataclass(frozen=True)
 class SearchSetup:
     """Everything a search job needs besides the model: what to search, on which tokens, how fast,
     when to evaluate, and the pins it starts with."""
 
-    spec: SearchSpec = SearchSpec()
-    calibration: CalibrationSpec = CalibrationSpec()
-    scoring: ScoringOptions = ScoringOptions()
+    spec: SearchSpec = _part("spec")
+    calibration: CalibrationSpec = _part("calibration")
+    scoring: ScoringOptions = _part("scoring")
     schedule: EvalSchedule = EvalSchedule()
-    pins: tuple[str, ...] = ()
+    pins: tuple[str, ...] = option(
+        (),
+        "--pin",
+        action="append",
+        metavar="ID",
+        group="search",
+        help="never remove this sublayer (repeatable)",
+    )
 
     def replace(self, **parts: Any) -> SearchSetup:
         return dataclasses.replace(self, **{k: v for k, v in parts.items() if v is not None})
+
+    def given(self, args: Any) -> SearchSetup:
+        """This setup with what `args` gives (an argparse Namespace from `setup_options`): an option
+        left out (None) keeps this setup's value, which is the session's on --resume."""
+        parts = {name: given_over(getattr(self, name), args) for name in SETUP_PARTS}
+        return dataclasses.replace(given_over(self, args), **parts)
+
+
+# the parts of a setup whose fields are options, in --help order; a test swaps in a spec with a
+# field more to see it reach --help and the session with no other edit
+SETUP_PARTS: dict[str, type] = {"spec": SearchSpec, "calibration": CalibrationSpec, "scoring": ScoringOptions}
+
+
+def setup_options() -> list[Option]:
+    """The options of a search setup (`run`, `tui`): the spec's, the pins, the calibration's, the
+    scoring's. None when left out, so that `SearchSetup.given` keeps the session's value."""
+    spec, *rest = SETUP_PARTS.values()
+    out = options_of(spec) + options_of(SearchSetup)
+    for part in rest:
+        out += options_of(part)
+    return out

@@ -1,97 +1,26 @@
-"""What to evaluate: perplexity on a text and/or lm-eval tasks, as one plain, validated request."""
+"""What to evaluate (`EvalRequest`, declared in domain/eval_request.py), and the check of its inputs."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-from finercut_tui.errors import FinercutError
+from finercut_tui.domain.eval_request import EvalRequest, eval_options, normalize_limit, request_from_args
 
-
-def _split_tasks(tasks: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    if not tasks:
-        return ()
-    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    out: list[str] = []
-    for item in items:
-        name = str(item).strip()
-        if name and name not in out:
-            out.append(name)
-    return tuple(out)
+__all__ = ["EvalRequest", "check_inputs", "eval_options", "normalize_limit", "request_from_args"]
 
 
-def normalize_limit(limit: float | int | str | None) -> float | int | None:
-    """lm-eval's `limit`: a count of examples per task (>= 1) or a fraction of them (< 1)."""
-    if limit is None:
-        return None
-    try:
-        value = float(limit)
-    except (TypeError, ValueError) as exc:
-        raise FinercutError(
-            f"--limit must be a number (examples per task, or a fraction < 1), got {limit!r}"
-        ) from exc
-    if not value > 0:
-        raise FinercutError(f"--limit must be > 0 (examples per task, or a fraction < 1), got {limit!r}")
-    if value >= 1:
-        if not value.is_integer():
-            raise FinercutError(f"--limit >= 1 counts examples and must be a whole number, got {limit!r}")
-        return int(value)
-    return value
+def check_inputs(request: EvalRequest) -> None:
+    """A missing perplexity file, unknown tasks or a missing tasks folder: fail before the (slow)
+    model load, with the one-line errors the evaluation itself would give."""
+    from finercut_tui.data.sources import NAMED, load_text
 
+    if request.ppl and request.ppl not in NAMED and not os.path.isfile(os.path.expanduser(request.ppl)):
+        load_text(request.ppl, purpose="evaluation")  # raises the one-line "text file not found"
+    if request.tasks:
+        from finercut_tui.eval.harness import resolve_tasks
 
-@dataclass(frozen=True)
-class EvalRequest:
-    """One evaluation: perplexity on `ppl` (wikitext2 | c4 | a .txt/.jsonl path) and/or lm-eval `tasks`.
+        resolve_tasks(request.tasks, request.tasks_dir)
+    elif request.tasks_dir is not None:
+        from finercut_tui.eval.harness import check_tasks_dir
 
-    `calibration_*` describe the text the search scored on, so that scoring it again as "held-out"
-    text is caught (see `runner.overlaps_calibration`); they are not part of what is measured.
-    """
-
-    ppl: str | None = None
-    ppl_seq_len: int = 2048
-    ppl_max_tokens: int | None = None
-    tasks: tuple[str, ...] = ()
-    tasks_dir: str | None = None
-    limit: float | int | None = None
-    num_fewshot: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    calibration_source: str | None = None
-    calibration_split: str | None = None
-    calibration_text_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", _split_tasks(self.tasks))
-        object.__setattr__(self, "limit", normalize_limit(self.limit))
-        if self.tasks_dir is not None:
-            object.__setattr__(self, "tasks_dir", os.path.expanduser(str(self.tasks_dir)))
-        if not self.ppl and not self.tasks:
-            raise FinercutError(
-                "nothing to evaluate: pass --ppl wikitext2|c4|PATH and/or --tasks a,b"
-                + (" (--tasks-dir only says where local task YAMLs are)" if self.tasks_dir else "")
-            )
-        if int(self.ppl_seq_len) < 2:
-            raise FinercutError(f"--ppl-seq-len must be >= 2, got {self.ppl_seq_len}")
-        if self.ppl_max_tokens is not None and int(self.ppl_max_tokens) < 2:
-            raise FinercutError(f"--ppl-max-tokens must be >= 2, got {self.ppl_max_tokens}")
-        if int(self.batch_size) < 1:
-            raise FinercutError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.num_fewshot is not None and int(self.num_fewshot) < 0:
-            raise FinercutError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
-
-    def describe(self) -> str:
-        """One short line for logs and the UI, e.g. `ppl wikitext2 (seq 2048) + arc_easy (limit 100)`."""
-        parts = []
-        if self.ppl:
-            opts = [f"seq {self.ppl_seq_len}"]
-            if self.ppl_max_tokens:
-                opts.append(f"max {self.ppl_max_tokens} tok")
-            parts.append(f"ppl {self.ppl} ({', '.join(opts)})")
-        if self.tasks:
-            opts = []
-            if self.limit is not None:
-                opts.append(f"limit {self.limit}")
-            if self.num_fewshot is not None:
-                opts.append(f"{self.num_fewshot}-shot")
-            parts.append(",".join(self.tasks) + (f" ({', '.join(opts)})" if opts else ""))
-        return " + ".join(parts)
+        check_tasks_dir(request.tasks_dir)

@@ -1,7 +1,7 @@
 """Evaluate the model at a search step and report how much of the unpruned model's performance it keeps.
 
-`run_eval` is what the search engine (evaluate-now), the TUI and `finercut-tui eval` call. It returns
-plain YAML-safe records for the session's `evals:` list:
+`run_eval` is what the search engine (evaluate-now), the TUI, `eval`, `heal` and `repair` call. It
+returns `EvalRecord`s (domain/evals.py) for the session's `evals:` list; as YAML (`to_dict`):
 
     {step: k,                       # removals applied (0 = the unpruned baseline)
      what: {...},                   # the request and data fingerprints: records with equal `what`
@@ -29,12 +29,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finercut_tui.data.sources import NAMED, Text, load_text, text_sha256
+from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.errors import FinercutError
 from finercut_tui.eval.request import EvalRequest
 
@@ -195,41 +196,39 @@ def _measure(pm, prepared: _Prepared, progress: Callable[[str], None]) -> dict[s
 
 
 def _record(
-    step: int, prepared: _Prepared, measured: dict[str, Any], baseline: dict[str, Any]
-) -> dict[str, Any]:
+    step: int, prepared: _Prepared, measured: dict[str, Any], baseline: EvalRecord | None
+) -> EvalRecord:
+    """This step's record; `baseline` None: this is the baseline (retained 100% of itself)."""
     results = measured["results"]
     higher = measured["higher_is_better"]
-    base_results = baseline.get("results") or {}
+    base_results = baseline.results if baseline is not None else results
     retained = {
         name: retained_percent(value, base_results.get(name), higher[name]) for name, value in results.items()
     }
     task_names = [n for n in results if n != prepared.ppl_name and higher[n]]
-    average = _mean([results[n] for n in task_names])
-    retained_average = (
-        _mean([retained[n] for n in task_names]) if task_names else _mean(list(retained.values()))
+    return EvalRecord(
+        step=int(step),
+        what=copy.deepcopy(prepared.what),  # no shared objects: YAML would write anchors
+        results={k: float(v) for k, v in results.items()},
+        average=_mean([results[n] for n in task_names]),
+        retained=retained,
+        retained_average=(
+            _mean([retained[n] for n in task_names]) if task_names else _mean(list(retained.values()))
+        ),
+        metrics=dict(measured["metrics"]),
+        higher_is_better=dict(higher),
+        overlaps_calibration=None if prepared.overlap is None else bool(prepared.overlap),
+        warnings=tuple(prepared.warnings),
+        seconds=round(float(measured["seconds"]), 3),
     )
-    record: dict[str, Any] = {
-        "step": int(step),
-        "what": copy.deepcopy(prepared.what),  # no shared objects: YAML would write anchors
-        "results": {k: float(v) for k, v in results.items()},
-        "average": average,
-        "retained": retained,
-        "retained_average": retained_average,
-        "metrics": dict(measured["metrics"]),
-        "higher_is_better": dict(higher),
-    }
-    if prepared.overlap is not None:
-        record["overlaps_calibration"] = bool(prepared.overlap)
-    if prepared.warnings:
-        record["warnings"] = list(prepared.warnings)
-    record["seconds"] = round(float(measured["seconds"]), 3)
-    return record
 
 
-def find_baseline(session_evals: list[dict[str, Any]], what: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest step-0 record that measured exactly `what`."""
-    for record in reversed(session_evals or []):
-        if isinstance(record, dict) and record.get("step") == 0 and record.get("what") == what:
+def find_baseline(session_evals: Iterable[EvalRecord | dict], what: dict[str, Any]) -> EvalRecord | None:
+    """The latest step-0 record that measured exactly `what` (records, or their YAML mappings)."""
+    for record in reversed(list(session_evals or [])):
+        if isinstance(record, dict):
+            record = EvalRecord.from_dict(record)
+        if record.step == 0 and not record.failed and record.what == what:
             return record
     return None
 
@@ -238,10 +237,10 @@ def run_eval(
     pm,
     request: EvalRequest,
     step: int,
-    session_evals: list[dict[str, Any]] | None = None,
+    session_evals: Iterable[EvalRecord | dict] | None = None,
     *,
     progress: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[EvalRecord]:
     """Evaluate `pm` as it is now (the caller applied the first `step` removals); return the records
     to append to the session's `evals:`: the baseline first when `session_evals` has none for the
     same `what` (measured with every sublayer restored, then the removals put back), then this step's.
@@ -256,7 +255,7 @@ def run_eval(
         else:
             progress(f"warning: {warning}")
     baseline = find_baseline(session_evals or [], prepared.what)
-    out: list[dict[str, Any]] = []
+    out: list[EvalRecord] = []
     if baseline is None or step == 0:
         removed = pm.removed
         if removed:
@@ -266,7 +265,7 @@ def run_eval(
             measured = _measure(pm, prepared, emit)
         finally:
             pm.set_removed(removed)
-        record = _record(0, prepared, measured, baseline or measured)
+        record = _record(0, prepared, measured, baseline)
         out.append(record)
         if step == 0:
             return out

@@ -1,4 +1,6 @@
-"""Healing a pruned model: LoRA on its kept sublayers (`train`), on instruction data or text (`data`).
+"""Healing a pruned model: LoRA on its kept sublayers (`train`), on instruction data or text (`data`),
+configured by `config` (torch-free: every field is an option of `heal`).
 
-`finercut-tui heal` (commands/heal.py) wires them to a session: evaluate, train, merge, export, record.
+`finercut-tui heal` runs them as a recipe (commands/heal_recipe.py): load, data, evaluate, train,
+merge, evaluate, export, record.
 """

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from finercut_tui.errors import FinercutError
+from finercut_tui.heal.config import HealConfig
 from finercut_tui.heal.data import IGNORE_INDEX, HealData
 
 CHECKPOINT_DIR = "heal-checkpoint"
@@ -40,45 +40,6 @@ OOM_HINT = (
     "shorten --seq-len, add --gradient-checkpointing, use --dtype bfloat16, or a smaller --lora-rank; "
     "--resume continues from the last checkpoint"
 )
-
-
-@dataclass(frozen=True)
-class HealConfig:
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lr: float = 1e-4
-    steps: int | None = None  # optimizer steps; None: `epochs` passes over the examples
-    epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 256
-    warmup_steps: int | None = None  # None: 5% of the steps
-    weight_decay: float = 0.0
-    seed: int = 0
-    save_every: int = 100
-    gradient_checkpointing: bool = False
-
-    def check(self) -> None:
-        for name in ("lora_rank", "batch_size", "grad_accum", "seq_len", "save_every"):
-            if getattr(self, name) < 1:
-                raise FinercutError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise FinercutError("--steps must be at least 1")
-        if not self.epochs > 0:
-            raise FinercutError("--epochs must be > 0")
-        if not self.lr > 0:
-            raise FinercutError("--lr must be > 0")
-        if not 0 <= self.lora_dropout < 1:
-            raise FinercutError("--lora-dropout must be in [0, 1)")
-
-    def total_steps(self, examples: int) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * examples / (self.batch_size * self.grad_accum)))
-
-    def warmup(self, total: int) -> int:
-        return self.warmup_steps if self.warmup_steps is not None else int(0.05 * total)
 
 
 @dataclass
@@ -270,6 +231,17 @@ class _Bar:
             self.progress.stop()
 
 
+@dataclass
+class _Progress:
+    """Where training stands: what a checkpoint holds besides the adapter and optimizer."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0  # training time of earlier (resumed) runs
+    resumed_from: int | None = None
+
+
 def train_lora(
     peft_model,
     data: HealData,
@@ -293,99 +265,122 @@ def train_lora(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup(total), total)
-    device = next(p.device for p in params)
-    tokenizer_pad = plan.get("pad_token_id")
-    pad_id = int(tokenizer_pad) if tokenizer_pad is not None else 0
-    start, losses, tokens, seconds, resumed_from = 0, [], 0, 0.0, None
+    state = _Progress()
     if resume:
-        if checkpoint_dir is None:
-            raise FinercutError("--resume needs a checkpoint folder")
-        state = load_checkpoint(checkpoint_dir)
-        if state["plan"] != plan:
-            diff = sorted(k for k in set(plan) | set(state["plan"]) if plan.get(k) != state["plan"].get(k))
-            raise FinercutError(
-                f"the heal checkpoint in {checkpoint_dir} was made with other settings ({', '.join(diff)} "
-                "differ): pass the same options, or start again with --force instead of --resume"
-            )
-        named = dict(peft_model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in state["adapter"].items():
-                named[name].copy_(tensor)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start, losses, tokens, seconds = (
-            state["step"],
-            list(state["losses"]),
-            state["tokens"],
-            state["seconds"],
-        )
-        resumed_from = start
-        progress(f"resuming the heal at step {start} of {total} from {checkpoint_dir}")
-    stream = _Stream(len(data.examples), config.seed)
-    per_step = config.batch_size * config.grad_accum
-    bar = _Bar(total, start, quiet)
+        state = _restore(checkpoint_dir, plan, peft_model, optimizer, scheduler)
+        progress(f"resuming the heal at step {state.step} of {total} from {checkpoint_dir}")
+    pad = plan.get("pad_token_id")
+    batches = _Batches(data, config, pad_id=int(pad) if pad is not None else 0, device=params[0].device)
+    bar = _Bar(total, state.step, quiet)
     peft_model.train()
     began = time.perf_counter()
     window: list[tuple[float, int]] = []
     try:
-        for step in range(start, total):
+        for step in range(state.step, total):
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, step_tokens = 0.0, 0
-            for micro in range(config.grad_accum):
-                first = step * per_step + micro * config.batch_size
-                batch = [data.examples[stream[first + j]] for j in range(config.batch_size)]
-                inputs = _collate(batch, pad_id, device)
-                out = peft_model(**inputs, use_cache=False)
-                (out.loss / config.grad_accum).backward()
-                step_loss += float(out.loss.detach()) / config.grad_accum
-                step_tokens += int(inputs["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(step_loss)
-            tokens += step_tokens
+            step_loss, step_tokens = _optimizer_step(peft_model, batches, step, params, optimizer, scheduler)
+            state.losses.append(step_loss)
+            state.tokens += step_tokens
             window = [*window[-19:], (time.perf_counter() - t0, step_tokens)]
-            tps = sum(n for _, n in window) / max(1e-9, sum(s for s, _ in window))
-            bar.update(step + 1, step_loss, tps)
-            done = step + 1
+            bar.update(step + 1, step_loss, sum(n for _, n in window) / max(1e-9, sum(t for t, _ in window)))
+            state.step = done = step + 1
             if checkpoint_dir is not None and done % config.save_every == 0 and done < total:
-                _save_atomic(
-                    {
-                        "plan": plan,
-                        "adapter": trainable_state(peft_model),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state(),
-                        "step": done,
-                        "losses": losses,
-                        "tokens": tokens,
-                        "seconds": seconds + time.perf_counter() - began,
-                    },
-                    checkpoint_dir / CHECKPOINT_FILE,
-                )
+                elapsed = state.seconds + time.perf_counter() - began
+                _save_checkpoint(checkpoint_dir, plan, peft_model, optimizer, scheduler, state, elapsed)
                 if quiet:
                     progress(f"heal step {done}/{total}: loss {step_loss:.4f}; checkpoint written")
                 if on_checkpoint is not None:
                     on_checkpoint(done)
     except Exception as exc:
-        from finercut_tui.errors import is_out_of_memory
-
-        if is_out_of_memory(exc) or "can't allocate memory" in str(exc):
-            raise FinercutError(OOM_HINT) from exc
-        raise
+        raise _with_hint(exc) from exc
     finally:
         bar.close()
         peft_model.eval()
-    return HealOutcome(
-        steps=total,
-        losses=losses,
-        tokens=tokens,
-        seconds=seconds + time.perf_counter() - began,
-        resumed_from=resumed_from,
-        trainable=sum(p.numel() for p in params),
+    seconds = state.seconds + time.perf_counter() - began
+    trainable = sum(p.numel() for p in params)
+    return HealOutcome(total, state.losses, state.tokens, seconds, state.resumed_from, trainable=trainable)
+
+
+def _with_hint(exc: Exception) -> Exception:
+    """Out of memory becomes the one line naming the knobs; anything else stays as it is."""
+    from finercut_tui.errors import is_out_of_memory
+
+    if is_out_of_memory(exc) or "can't allocate memory" in str(exc):
+        return FinercutError(OOM_HINT)
+    return exc
+
+
+class _Batches:
+    """The micro-batches of optimizer step s: stream positions s*B*G .. (s+1)*B*G-1 (see the docstring)."""
+
+    def __init__(self, data: HealData, config: HealConfig, pad_id: int, device):
+        self.data, self.config, self.pad_id, self.device = data, config, pad_id, device
+        self.stream = _Stream(len(data.examples), config.seed)
+
+    def __call__(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        b = self.config.batch_size
+        first = step * b * self.config.grad_accum + micro * b
+        batch = [self.data.examples[self.stream[first + j]] for j in range(b)]
+        return _collate(batch, self.pad_id, self.device)
+
+
+def _optimizer_step(
+    peft_model, batches: _Batches, step: int, params, optimizer, scheduler
+) -> tuple[float, int]:
+    """One optimizer step over `grad_accum` micro-batches: (mean loss, tokens read)."""
+    accum = batches.config.grad_accum
+    optimizer.zero_grad(set_to_none=True)
+    step_loss, step_tokens = 0.0, 0
+    for micro in range(accum):
+        inputs = batches(step, micro)
+        out = peft_model(**inputs, use_cache=False)
+        (out.loss / accum).backward()
+        step_loss += float(out.loss.detach()) / accum
+        step_tokens += int(inputs["attention_mask"].sum())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    return step_loss, step_tokens
+
+
+def _save_checkpoint(
+    folder: Path, plan, peft_model, optimizer, scheduler, state: _Progress, seconds: float
+) -> None:
+    _save_atomic(
+        {
+            "plan": plan,
+            "adapter": trainable_state(peft_model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "step": state.step,
+            "losses": state.losses,
+            "tokens": state.tokens,
+            "seconds": seconds,
+        },
+        folder / CHECKPOINT_FILE,
     )
+
+
+def _restore(folder: Path | None, plan, peft_model, optimizer, scheduler) -> _Progress:
+    """Load a checkpoint into the adapter, optimizer, scheduler and RNGs; refuse one of another plan."""
+    if folder is None:
+        raise FinercutError("--resume needs a checkpoint folder")
+    state = load_checkpoint(folder)
+    if state["plan"] != plan:
+        diff = sorted(k for k in set(plan) | set(state["plan"]) if plan.get(k) != state["plan"].get(k))
+        raise FinercutError(
+            f"the heal checkpoint in {folder} was made with other settings ({', '.join(diff)} "
+            "differ): pass the same options, or start again with --force instead of --resume"
+        )
+    named = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["adapter"].items():
+            named[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return _Progress(state["step"], list(state["losses"]), state["tokens"], state["seconds"], state["step"])
 
 
 def save_adapter(peft_model, folder: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from finercut_tui.domain.records import ModelRecord, Step, Undone
 from finercut_tui.domain.spec import CalibrationSpec, MethodRecord, ScoringOptions, SearchSetup
 from finercut_tui.domain.sublayers import parse_id
 from finercut_tui.errors import FinercutError, SessionError
-from finercut_tui.model.loading import LoadedModel, ModelSpec, load_model
+from finercut_tui.model.loading import DTYPES, LoadedModel, ModelSpec, load_model
 from finercut_tui.search.controller import Controller
 from finercut_tui.search.distributed import SINGLE, World
 from finercut_tui.search.engine import SearchEngine
@@ -52,18 +52,69 @@ def setup_from_session(session: Session) -> SearchSetup:
     )
 
 
-def model_spec_from_session(session: Session, **overrides) -> ModelSpec:
-    m = session.model
-    spec = ModelSpec(
-        name_or_path=m.name_or_path or "",
-        gguf_file=m.gguf_file,
-        dtype=m.dtype_asked,
-        revision=m.revision,
+def model_spec_from_session(
+    session: Session,
+    *,
+    model: str | None = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> ModelSpec:
+    """The model to load for a session: every command that loads one (run/tui --resume, eval,
+    export, heal, speed, repair, replay's continue) picks it here, by one rule.
+
+    - model: `model` / `gguf_file` when given, else the session's;
+    - revision: `revision` when given, else the session's when the model is the session's;
+    - dtype: `dtype` when given and not "auto"; else the dtype the session's removals were chosen
+      in (`model.dtype`, as loaded), or what it asked for when that is not recorded;
+    - device: `device` when given, else "auto".
+    """
+    recorded = session.model
+    if model or gguf_file:
+        name, gguf = model or "", gguf_file
+        same = (name or None, gguf) == (recorded.name_or_path, recorded.gguf_file)
+    else:
+        name, gguf, same = recorded.name_or_path or "", recorded.gguf_file, True
+    if not name and not gguf:
+        raise FinercutError(
+            "the session records no model: pass --model ORG/NAME or a folder (or --gguf-file)"
+        )
+    if dtype in (None, "auto"):
+        dtype = recorded.dtype if recorded.dtype in DTYPES else (recorded.dtype_asked or "auto")
+    return ModelSpec(
+        name_or_path=name,
+        gguf_file=gguf,
+        dtype=dtype,
+        device=device or "auto",
+        revision=revision or (recorded.revision if same else None),
     )
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(spec, key, value)
-    return spec
+
+
+def append_records(
+    path: str | Path,
+    step: int,
+    removed: list[str],
+    *,
+    doing: str = "evaluating",
+    lost: str = "the results above were not saved; rerun the command",
+    **records: Iterable,
+) -> Session:
+    """Append records to the lists of the session file at `path` (`evals=[...]`, `heals=[...]`,
+    `repairs=[...]`: any list of `Session`), measured on the model after its first `step` removals
+    `removed`. The file is read again first (a search may have written it meanwhile: its new steps
+    are kept) and refused when those first removals differ now; `doing` and `lost` complete that
+    one-line error. Returns the session as saved."""
+    fresh = Session.load(path)
+    if fresh.removed_at(step) != list(removed):
+        raise FinercutError(f"{path} changed while {doing} (its first {step} removals differ now): {lost}")
+    for name, items in records.items():
+        target = getattr(fresh, name, None)
+        if not isinstance(target, list):
+            raise TypeError(f"a session has no list of records called {name!r}")
+        target.extend(items)
+    fresh.save(path)
+    return fresh
 
 
 @dataclass
@@ -155,8 +206,7 @@ class Job:
         if not self.world.is_main:
             return []
 
-        previous = [e.to_dict() for e in self.session.evals]
-        return [EvalRecord.from_dict(r) for r in run_eval(self.pm, request, step, previous)]
+        return run_eval(self.pm, request, step, self.session.evals)
 
 
 def prepare_job(
@@ -178,22 +228,58 @@ def prepare_job(
     search = setup.spec.validate()
     setup.scoring.validate()
     setup.schedule.validate()
-    existing = None
+    setup.calibration.validate()
+    existing = _existing_session(search, session_path, resume, world, existing_session)
+    torch.manual_seed(search.seed)
+    lm = loaded or load_model(spec, progress=progress)
+    pins = Pins(parse_id(p, lm.pm.num_blocks, allow_block=True) for p in setup.pins)
+    cal = setup.calibration
+    progress(f"calibration: {cal.describe()}")
+    calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len, cal.layout)
+    model_record = _model_record(spec, lm)
+    if existing is not None:
+        session, search, pins = _continue(existing, model_record, calibration, search, pins, session_path)
+    else:
+        command = command or shlex.join(["finercut-tui", *sys.argv[1:]])
+        session = Session(model_record, calibration.record(), MethodRecord(search), command=command)
+    target = search.info.resolve_target(search.target, lm.pm.num_blocks, pins)
+    session.method = dataclasses.replace(session.method, spec=search, target=target)
+    session.pinned = pins
+    schedule = _schedule_on(setup.schedule, calibration, session)
+    job = Job(
+        loaded=lm,
+        session=session,
+        session_path=session_path,
+        controller=Controller(),
+        setup=dataclasses.replace(setup, spec=search, schedule=schedule),
+        calibration=calibration,
+        world=world,
+    )
+    job.engine = _engine(job, target, pins, resumed=existing is not None)
+    if not world.active:  # under torchrun the caller saves once every rank agreed (run.job_from_args)
+        job.save()  # the session exists on disk before the first step
+    return job
+
+
+def _existing_session(search, session_path: Path, resume: bool, world: World, given: Session | None):
+    """On --resume the session to continue (checked against the spec before any heavy work); else
+    None, after checking that a new session would not overwrite one."""
     if resume:
-        existing = existing_session or Session.load(session_path)  # SessionError before heavy work
+        existing = given or Session.load(session_path)  # SessionError before heavy work
         conflict = search.resume_conflict(existing.spec)
         if conflict:
             raise SessionError(f"{session_path} {conflict}")
-    elif world.is_main and session_path.exists():
+        return existing
+    if world.is_main and session_path.exists():
         raise FinercutError(
             f"session {session_path} already exists: pass --resume to continue it, or another path"
         )
-    torch.manual_seed(search.seed)
-    lm = loaded or load_model(spec, progress=progress)
-    pm = lm.pm
-    pins = Pins(parse_id(p, pm.num_blocks, allow_block=True) for p in setup.pins)
-    model_record = ModelRecord(
-        num_blocks=pm.num_blocks,
+    return None
+
+
+def _model_record(spec: ModelSpec, lm: LoadedModel) -> ModelRecord:
+    return ModelRecord(
+        num_blocks=lm.pm.num_blocks,
         name_or_path=spec.name_or_path or None,
         gguf_file=spec.gguf_file,
         revision=spec.revision,
@@ -201,69 +287,51 @@ def prepare_job(
         dtype_asked=spec.dtype,
         architecture=lm.architecture,
     )
-    cal = setup.calibration
-    progress(f"calibration: {cal.describe()}")
-    calibration = build_calibration(lm.tokenizer, cal.source, cal.samples, cal.seq_len, cal.layout)
+
+
+def _continue(existing: Session, model_record: ModelRecord, calibration, search, pins, session_path):
+    """(session, spec, pins) to resume: the same model and tokens, the session's spec with the new
+    target (only the target may change), the session's pins and the new ones."""
     cal_record = calibration.record()
-    if existing is not None:
-        check_matches(
-            existing,
-            architecture=model_record.architecture,
-            num_blocks=model_record.num_blocks,
-            calibration=cal_record,
-            source=str(session_path),
-        )
-        session = existing
-        if not session.calibration.text_sha256:  # recorded before the text hash was kept
-            session.calibration = dataclasses.replace(session.calibration, text_sha256=cal_record.text_sha256)
-        pins = session.pinned | pins
-        search = dataclasses.replace(session.spec, target=search.target)  # only the target may change
-    else:
-        session = Session(
-            model=model_record,
-            calibration=cal_record,
-            method=MethodRecord(search),
-            command=command or shlex.join(["finercut-tui", *sys.argv[1:]]),
-        )
-    target = search.info.resolve_target(search.target, pm.num_blocks, pins)
-    session.method = dataclasses.replace(session.method, spec=search, target=target)
-    session.pinned = pins
-    schedule = setup.schedule
-    if schedule.request is not None:
-        schedule = dataclasses.replace(
-            schedule,
-            request=dataclasses.replace(
-                schedule.request,
-                calibration_source=calibration.source,
-                calibration_split=calibration.split,
-                calibration_text_sha256=session.calibration.text_sha256,
-            ),
-        )
-    controller = Controller()
-    job = Job(
-        loaded=lm,
-        session=session,
-        session_path=session_path,
-        controller=controller,
-        setup=dataclasses.replace(setup, spec=search, schedule=schedule),
-        calibration=calibration,
-        world=world,
+    check_matches(
+        existing,
+        architecture=model_record.architecture,
+        num_blocks=model_record.num_blocks,
+        calibration=cal_record,
+        source=str(session_path),
     )
-    job.engine = SearchEngine(
-        pm,
-        calibration.input_ids,
+    if not existing.calibration.text_sha256:  # recorded before the text hash was kept
+        existing.calibration = dataclasses.replace(existing.calibration, text_sha256=cal_record.text_sha256)
+    return existing, dataclasses.replace(existing.spec, target=search.target), existing.pinned | pins
+
+
+def _schedule_on(schedule, calibration: Calibration, session: Session):
+    """The evaluation schedule with its request told the calibration text (to flag an overlap)."""
+    if schedule.request is None:
+        return schedule
+    request = dataclasses.replace(
+        schedule.request,
+        calibration_source=calibration.source,
+        calibration_split=calibration.split,
+        calibration_text_sha256=session.calibration.text_sha256,
+    )
+    return dataclasses.replace(schedule, request=request)
+
+
+def _engine(job: Job, target: int, pins: Pins, resumed: bool) -> SearchEngine:
+    session, search = job.session, job.setup.spec
+    return SearchEngine(
+        job.pm,
+        job.calibration.input_ids,
         search,
         target,
-        scoring=setup.scoring,
-        schedule=schedule,
-        controller=controller,
+        scoring=job.setup.scoring,
+        schedule=job.setup.schedule,
+        controller=job.controller,
         order=session.removed_at(),
         pins=pins,
-        one_shot_scores=session.one_shot_scores() if existing and not search.rescored else None,
+        one_shot_scores=session.one_shot_scores() if resumed and not search.rescored else None,
         evaluator=job.evaluate,  # always: "evaluate now" from the UI needs one too
         evaluated_steps={e.step for e in session.evals if not e.failed},
-        world=world,
+        world=job.world,
     )
-    if not world.active:  # under torchrun the caller saves once every rank agreed (run.job_from_args)
-        job.save()  # the session exists on disk before the first step
-    return job

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
@@ -149,15 +148,35 @@ class OverlayScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-@dataclass
-class EvalForm:
-    """What the evaluate-now dialog asks for (plain strings as typed; validated by EvalRequest)."""
+def form_options() -> list:
+    """The evaluation options that the evaluate-now dialog asks for: those declared with a label."""
+    from finercut_tui.domain.eval_request import eval_options
 
-    ppl: str = ""
-    ppl_max_tokens: str = ""
-    tasks: str = ""
-    tasks_dir: str = ""
-    limit: str = ""
+    return [opt for opt in eval_options() if opt.label]
+
+
+class EvalForm:
+    """What the evaluate-now dialog asks for: one string per labelled evaluation option, as typed
+    (`form.ppl`, `form.tasks`, ...), validated by EvalRequest."""
+
+    def __init__(self, **values: str) -> None:
+        names = [opt.field for opt in form_options()]
+        unknown = set(values) - set(names)
+        if unknown:
+            raise TypeError(f"EvalForm has no field {', '.join(sorted(unknown))}")
+        self.values = {name: str(values.get(name, "")) for name in names}
+
+    def __getattr__(self, name: str) -> str:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EvalForm) and other.values == self.values
+
+    def __repr__(self) -> str:
+        return f"EvalForm({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
 
     @classmethod
     def first_for(cls, request: Any, calibration_source: str | None = None) -> EvalForm:
@@ -167,26 +186,14 @@ class EvalForm:
             if calibration_source == "pydoc":
                 return cls(ppl="pydoc", ppl_max_tokens="4096")
             return cls(ppl="wikitext2")
-        return cls(
-            ppl=request.ppl or "",
-            ppl_max_tokens=str(request.ppl_max_tokens or ""),
-            tasks=",".join(request.tasks),
-            tasks_dir=request.tasks_dir or "",
-            limit="" if request.limit is None else str(request.limit),
-        )
+        return cls(**{opt.field: _text(getattr(request, opt.field)) for opt in form_options()})
 
     def request(self, base: Any, session: Session) -> Any:
         """The `EvalRequest` this form asks for: `base` (the search's request) with the form's fields,
         else a new one on the session's seed and calibration. Raises FinercutError on a bad number."""
         from finercut_tui.eval.request import EvalRequest
 
-        fields = dict(
-            ppl=self.ppl or None,
-            ppl_max_tokens=_number(self.ppl_max_tokens, "max tokens", int),
-            tasks=self.tasks,
-            tasks_dir=self.tasks_dir or None,
-            limit=_number(self.limit, "limit", float),
-        )
+        fields = {opt.field: _value(self.values[opt.field], opt) for opt in form_options()}
         if base is not None:
             return dataclasses.replace(base, **fields)
         calibration = session.calibration
@@ -199,13 +206,24 @@ class EvalForm:
         )
 
 
-def _number(text: str, what: str, kind: type) -> Any:
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _value(text: str, opt: Any) -> Any:
+    """A typed field as its option's type (None when empty); a text field as typed (None when empty)."""
     if not text:
         return None
+    if opt.type is None:
+        return text
     try:
-        return kind(text)
+        return opt.type(text)
     except ValueError:
-        raise FinercutError(f"{what} must be a number, got {text!r}") from None
+        raise FinercutError(f"{opt.label} must be a number, got {text!r}") from None
 
 
 class EvalScreen(ModalScreen[EvalForm | None]):
@@ -219,26 +237,14 @@ class EvalScreen(ModalScreen[EvalForm | None]):
         self.error = error
 
     def compose(self) -> ComposeResult:
-        f = self.form
         with Vertical(id="eval-box", classes="dialog"):
             yield Label("Evaluate the pruned model now", classes="dialog-title")
             with Grid(id="eval-grid"):
-                yield Label("perplexity on")
-                yield Input(f.ppl, placeholder="wikitext2 | c4 | PATH (empty: none)", id="ppl", compact=True)
-                yield Label("max tokens")
-                yield Input(
-                    f.ppl_max_tokens, placeholder="all", id="ppl_max_tokens", type="integer", compact=True
-                )
-                yield Label("lm-eval tasks")
-                yield Input(f.tasks, placeholder="arc_easy,hellaswag (empty: none)", id="tasks", compact=True)
-                yield Label("tasks folder")
-                yield Input(
-                    f.tasks_dir, placeholder="local task YAMLs (optional)", id="tasks_dir", compact=True
-                )
-                yield Label("limit")
-                yield Input(
-                    f.limit, placeholder="examples per task (or fraction < 1)", id="limit", compact=True
-                )
+                for opt in form_options():
+                    yield Label(opt.label)
+                    kind = {"type": "integer"} if opt.type is int else {}
+                    value = self.form.values[opt.field]
+                    yield Input(value, placeholder=opt.placeholder, id=opt.field, compact=True, **kind)
             yield Static(
                 "Runs between two candidates (also while paused); the baseline of the unpruned model is "
                 "measured once. enter: evaluate · esc: cancel",
@@ -253,15 +259,8 @@ class EvalScreen(ModalScreen[EvalForm | None]):
         self.query_one("#ppl", Input).focus()
 
     def _form(self) -> EvalForm:
-        def value(name: str) -> str:
-            return self.query_one(f"#{name}", Input).value.strip()
-
         return EvalForm(
-            ppl=value("ppl"),
-            ppl_max_tokens=value("ppl_max_tokens"),
-            tasks=value("tasks"),
-            tasks_dir=value("tasks_dir"),
-            limit=value("limit"),
+            **{opt.field: self.query_one(f"#{opt.field}", Input).value.strip() for opt in form_options()}
         )
 
     def _submit(self) -> None:
