@@ -23,6 +23,7 @@ from typing import Any
 from finercut_tui.curves import Series, curves_svg, plot
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.methods import Method, get_method, picks_one_run
+from finercut_tui.domain.options import Option
 from finercut_tui.domain.spec import CalibrationSpec, ScoringOptions, SearchSetup, SearchSpec
 from finercut_tui.domain.sublayers import expand
 from finercut_tui.errors import FinercutError
@@ -30,6 +31,41 @@ from finercut_tui.session import Session
 
 DEFAULT_METHODS = ("finercut", "blockpruner", "sleb", "attn-drop", "joint-drop", "shortgpt", "angular")
 DEFAULT_TARGETS = (0.125, 0.25, 0.375)
+
+
+FORMATS = ("text", "markdown", "svg")
+OPTIONS = [
+    Option(
+        ("--methods",),
+        default=",".join(DEFAULT_METHODS),
+        group="bake-off",
+        help="the methods to compare, comma-separated",
+    ),
+    Option(
+        ("--targets",),
+        default=",".join(f"{t:g}" for t in DEFAULT_TARGETS),
+        group="bake-off",
+        help="fractions 0<F<1 of the model's sublayers (a block counts as two), comma-separated",
+    ),
+    Option(
+        ("--out",),
+        required=True,
+        metavar="DIR",
+        group="bake-off",
+        help="folder of the sessions, one per method",
+    ),
+    Option(
+        ("--format",),
+        default="text",
+        choices=FORMATS,
+        group="bake-off",
+        help="the report: text, markdown or svg",
+    ),
+    Option(
+        ("--report",), metavar="FILE", group="bake-off", help="write the report to FILE (default: stdout)"
+    ),
+    Option(("--seed",), type=int, default=0, group="bake-off", help="random seed of every search"),
+]
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -87,10 +123,9 @@ class Plan:
     scoring: ScoringOptions = ScoringOptions()
 
     def spec(self, method: str, target: int) -> SearchSpec:
-        """The method's spec: its paper's defaults (metric, block metric), this bake-off's seed."""
-        info = get_method(method)
-        fields = {f.name for f in dataclasses.fields(SearchSpec)}
-        return SearchSpec(method=method, target=str(target), seed=self.seed, **info.spec_defaults(fields))
+        """The method's spec with its paper's settings (metric, block metric), this bake-off's seed;
+        the calibration is the bake-off's own, the same tokens for every method."""
+        return dataclasses.replace(SearchSetup.for_method(method).spec, target=str(target), seed=self.seed)
 
     def sessions(self, method: str, num_blocks: int) -> list[tuple[Path, tuple[float, ...], int]]:
         """(session path, the targets it serves, its removals) for a method."""
@@ -154,7 +189,9 @@ def run_bakeoff(
                 k = units_for(get_method(method), target, num_blocks)
                 cell = Cell(removed=len(expand(session.removed_at(k))), units=k)
                 if plan.request is not None:
-                    cell.record, shared = _evaluate(path, session, k, plan.request, loaded, shared, progress)
+                    cell.record, shared, session = _evaluate(
+                        path, session, k, plan.request, loaded, shared, progress
+                    )
                     result.baseline = shared[0] if shared else None
                 result.cells[(method, target)] = cell
     return result
@@ -184,15 +221,15 @@ def _search(
 
 
 def _evaluate(path: Path, session: Session, k: int, request, loaded, shared: list[EvalRecord], progress):
-    """(the record of the model after the first k removals, [the baseline]): the session's own
-    record when it has one, else measured now against the shared baseline and appended."""
+    """(the record of the model after the first k removals, [the baseline], the session now): the
+    session's own record when it has one, else measured now against the shared baseline and appended."""
     from finercut_tui.eval.runner import run_eval
     from finercut_tui.search.job import append_records
 
     own_baseline = [e for e in session.evals if e.step == 0 and not e.failed]
     have = next((e for e in session.evals if e.step == k and not e.failed), None)
     if have is not None:
-        return have, shared or own_baseline[-1:]
+        return have, shared or own_baseline[-1:], session
     removed = session.removed_at(k)
     loaded.pm.set_removed(expand(removed))
     try:
@@ -204,8 +241,8 @@ def _evaluate(path: Path, session: Session, k: int, request, loaded, shared: lis
     # every session carries the baseline its retained % is measured against
     carried = own_baseline or baseline is None or baseline in records
     new = records if carried else [baseline, *records]
-    append_records(path, k, removed, doing="evaluating the bake-off", evals=new)
-    return records[-1], [baseline] if baseline is not None else []
+    session = append_records(path, k, removed, doing="evaluating the bake-off", evals=new)
+    return records[-1], [baseline] if baseline is not None else [], session
 
 
 # -- the table and the curves ------------------------------------------------------------------------------

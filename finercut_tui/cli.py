@@ -21,6 +21,7 @@ COMMANDS = (
     "export",
     "heal",
     "repair",
+    "bakeoff",
     "speed",
     "info",
     "demo",

@@ -97,7 +97,7 @@ def setup_from_args(args, session=None):
     elif args.reproduce:
         setup = preset_setup(args.reproduce, args.method, args.iterative)
     else:
-        setup = SearchSetup()
+        setup = SearchSetup.for_method(args.method)
     schedule = EvalSchedule(getattr(args, "eval_every", 0) or 0, eval_request_from_args(args))
     return setup.given(args).replace(schedule=schedule.validate())
 

@@ -43,6 +43,8 @@ class Method:
     # the paper's settings, taken where the user gives none: SearchSpec fields (metric, block_metric)
     # and CalibrationSpec fields (source, samples, seq_len, layout)
     defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # spec fields the method is defined by (angular is block-drop with angular-gap): no option changes them
+    requires: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     barriers: tuple[int, int] = (0, 0)  # blocks at the front and at the back that are never candidates
     paper: str = ""  # where the method comes from (README's method table)
 
@@ -194,7 +196,7 @@ register(
         False,
         False,
         "one-shot: the blocks of lowest Block Influence, 1 - mean cos(block input, output)",
-        defaults={"block_metric": "cosine"},
+        requires={"block_metric": "cosine"},
         paper="Men et al., ShortGPT, arXiv 2403.03853",
     )
 )
@@ -207,6 +209,7 @@ register(
         False,
         "one-shot: the contiguous run of n blocks of smallest angular distance at the last token",
         defaults={"block_metric": "angular-gap"},
+        requires={"block_metric": "angular-gap"},
         paper="Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers, arXiv 2403.17887",
     )
 )

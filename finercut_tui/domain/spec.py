@@ -99,6 +99,12 @@ class SearchSpec:
 
     def validate(self) -> SearchSpec:
         info = self.info  # unknown method
+        for key, value in info.requires.items():
+            if getattr(self, key) != value:
+                flag = "--" + key.replace("_", "-")
+                raise FinercutError(
+                    f"--method {self.method} means {flag} {value}, not {getattr(self, key)}: drop {flag}"
+                )
         if info.scoring.uses_metric and self.metric not in METRIC_NAMES:
             raise FinercutError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRIC_NAMES)}")
         if self.exclude_front is not None and not 0.0 <= self.exclude_front < 1.0:
@@ -373,6 +379,23 @@ class SearchSetup:
 
     def replace(self, **parts: Any) -> SearchSetup:
         return dataclasses.replace(self, **{k: v for k, v in parts.items() if v is not None})
+
+    @classmethod
+    def for_method(cls, name: str | None) -> SearchSetup:
+        """A new search of method `name` with its paper's settings (`Method.defaults`: e.g. SLEB's
+        metric and calibration size); options given on the command line still win."""
+        if not name:
+            return cls()
+        info = get_method(name)
+        parts = {}
+        for part_name, part_type in SETUP_PARTS.items():
+            fields = {f.name for f in dataclasses.fields(part_type)}
+            defaults = info.spec_defaults(fields)
+            if part_name == "spec":
+                defaults["method"] = name
+            if defaults:
+                parts[part_name] = part_type(**defaults)
+        return cls().replace(**parts)
 
     def given(self, args: Any) -> SearchSetup:
         """This setup with what `args` gives (an argparse Namespace from `setup_options`): an option
