@@ -166,8 +166,7 @@ class SearchEngine:
             try:
                 for command in directive.commands:
                     if isinstance(command, Extend):
-                        self._applied()  # the extended search itself is the rest of its effect
-                        yield from self._extend(command.target)
+                        yield from self._extend(command.target)  # applied once the target changed
                     else:
                         yield from self._handle(command, None, None)
                         self._applied()
