@@ -10,10 +10,20 @@ from finercut_tui.commands.options import SESSION_FILE, add_options, add_step_op
 from finercut_tui.domain.options import Option
 from finercut_tui.domain.steps import StepRule, resolve_step
 from finercut_tui.errors import FinercutError
+from finercut_tui.export.formats import DEFAULT_FORMAT
 
 STEPS = StepRule(verb="export the model")
 OUT = Option(("--out",), required=True, help="output folder (must be empty or absent)")
 FORCE = Option(("--force",), action="store_true", help="write into a non-empty --out (replaces an export)")
+FORMAT = Option(
+    ("--format",),
+    default=DEFAULT_FORMAT,
+    metavar="FORMAT",
+    help="finercut (the load_pruned folder; whole blocks: a standard checkpoint) | nemotron-nas (vLLM, "
+    "SGLang, transformers with trust_remote_code) | gguf (llama.cpp, ollama) | auto (a plain checkpoint "
+    "for whole-block prunes, nemotron-nas for sublayer prunes of Llama/SmolLM/Mistral/Qwen2, else finercut)",
+)
+OUTTYPE = Option(("--outtype",), metavar="TYPE", help="gguf tensor type: f32, f16 (default), bf16, q8_0")
 
 
 def register(subparsers) -> None:
@@ -24,12 +34,14 @@ def register(subparsers) -> None:
             "Write the model pruned by the first K removals of SESSION to --out. Whole blocks only: a "
             "standard checkpoint with fewer layers (AutoModelForCausalLM.from_pretrained loads it). "
             "Single sublayers: weights without them + the removal list in config.json "
-            "(finercut_tui.load_pruned loads it). Adds PRUNING.md. The model defaults to the session's."
+            "(finercut_tui.load_pruned loads it). --format nemotron-nas writes a folder vLLM, SGLang and "
+            "transformers serve, --format gguf a file for llama.cpp and ollama. Adds PRUNING.md with the "
+            "command that loads it. The model defaults to the session's."
         ),
     )
     add_options(p, [SESSION_FILE])
     add_step_options(p, STEPS)
-    add_options(p, [OUT, FORCE])
+    add_options(p, [OUT, FORCE, FORMAT, OUTTYPE])
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -42,13 +54,14 @@ def check_out_is_not_the_source(spec, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finercut_tui.export.folder import export_pruned
+    from finercut_tui.export.formats import check_format_args, load_hint, write_export
     from finercut_tui.model.checkpoint import check_out_dir
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import Session, check_matches
 
     session = Session.load(args.session)
     k = resolve_step(session, args.step, args.ratio, STEPS)
+    check_format_args(args.format, args.outtype)
     check_out_dir(args.out, args.force)  # fail before the (slow) model load
     progress = progress_printer()
     spec = model_spec(args, session)
@@ -56,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(spec, progress=progress)
     check_matches(session, architecture=lm.architecture, num_blocks=lm.pm.num_blocks, source=args.session)
     removed = session.removed_at(k)
-    result = export_pruned(
+    result = write_export(
+        args.format,
         lm.pm,
         args.out,
         removed,
+        outtype=args.outtype,
         source_model=spec.gguf_file or spec.name_or_path,
         session=session,
         session_path=args.session,
@@ -68,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
     )
     kept = result.params_after / result.params_before
-    load = (
-        "AutoModelForCausalLM.from_pretrained(DIR)"
-        if result.format == "blocks"
-        else "finercut_tui.load_pruned(DIR)"
-    )
+    load = load_hint(result)
     print(
         f"wrote {result.out_dir}: step {k} of {len(session.steps)}, {len(result.removed)} of "
         f"{2 * result.num_blocks} sublayers removed ({result.format} format); parameters "

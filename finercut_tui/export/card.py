@@ -28,12 +28,14 @@ def model_card(
     step: int | None = None,
     order: Sequence[str] = (),
     healing=None,
+    how_to_load: Sequence[str] | None = None,
 ) -> str:
     """PRUNING.md: what was removed from which model, how it was chosen, what it cost and saved;
-    `healing` (a `HealRecord`) adds what fine-tune the weights had after pruning."""
+    `healing` (a `HealRecord`) adds what fine-tune the weights had after pruning; `how_to_load`
+    replaces the folder format's loading lines (an engine format's own)."""
     sections = [
         _header(result, source_model, architecture, session, session_path, step),
-        ["## How to load", "", *_how_to_load(result)],
+        ["## How to load", "", *(how_to_load if how_to_load is not None else _how_to_load(result))],
         ["## Removed", "", *_removed(result, order)],
         ["## Parameters", "", *_parameters(result)],
         ["## KV cache", "", *_kv_cache(result)],

@@ -9,7 +9,7 @@ from pathlib import Path
 @dataclass
 class ExportResult:
     out_dir: Path
-    format: str  # "blocks" | "sublayers"
+    format: str  # "blocks" | "sublayers" | "nemotron-nas" | "gguf"
     removed: list[str]  # sublayer ids of the source model, expanded, in model order
     dropped_blocks: list[int]  # source blocks physically dropped ("blocks" format), else []
     params_before: int
