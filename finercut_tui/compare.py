@@ -54,6 +54,19 @@ class Comparison:
             rows.append((k, row))
         return rows
 
+    def repairs_at(self) -> list[tuple[int, list[EvalRecord | None]]]:
+        """The repaired models' evaluations (`repairs:` entries' `after`) at each removal count some
+        session repaired: one (or None) per session, the latest repair at that step."""
+        steps = sorted({r.step for s in self.sessions for r in s.repairs if r.after is not None})
+        rows = []
+        for k in steps:
+            row = [
+                next((r.after for r in reversed(s.repairs) if r.step == k and r.after is not None), None)
+                for s in self.sessions
+            ]
+            rows.append((k, row))
+        return rows
+
 
 def removed_set(session: Session, k: int) -> set[str]:
     return set(expand(session.removed_at(k)))
@@ -156,6 +169,14 @@ def render_text(c: Comparison, curves: bool = True) -> str:
             for letter, record in zip(letters, row, strict=True):
                 text = describe_eval(record) if record is not None else "-"
                 out.append(f"  {k:>4} {letter}  {text}")
+    repairs = c.repairs_at()
+    if repairs:
+        out.append("")
+        out.append("repaired (least squares) at equal removals")
+        for k, row in repairs:
+            for letter, record in zip(letters, row, strict=True):
+                text = describe_eval(record) if record is not None else "-"
+                out.append(f"  {k:>4} {letter}  {text}")
     if curves:
         from finercut_tui.curves import session_curves
 
@@ -191,6 +212,12 @@ def render_markdown(c: Comparison) -> str:
     if evals:
         out += ["", "| removals | " + " | ".join(letters) + " |", "|---:|" + "---|" * len(letters)]
         for k, row in evals:
+            cells = [describe_eval(r) if r is not None else "-" for r in row]
+            out.append(f"| {k} | " + " | ".join(cells) + " |")
+    repairs = c.repairs_at()
+    if repairs:
+        out += ["", "| removals, repaired | " + " | ".join(letters) + " |", "|---:|" + "---|" * len(letters)]
+        for k, row in repairs:
             cells = [describe_eval(r) if r is not None else "-" for r in row]
             out.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

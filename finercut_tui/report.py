@@ -10,6 +10,7 @@ from xml.sax.saxutils import escape
 
 from finercut_tui.domain.evals import EvalRecord, describe_eval, retained_text
 from finercut_tui.domain.records import HealRecord
+from finercut_tui.domain.repairs import RepairRecord
 from finercut_tui.domain.sublayers import KINDS, expand, split_id
 from finercut_tui.domain.text import fmt_score
 from finercut_tui.layer_map import KIND_LABEL, Cell, CellState, LayerMap, Removal
@@ -135,6 +136,7 @@ def render_text(session: Session, step: int | None = None, source: str | None = 
     else:
         out.append("evals    none")
     out += _heal_lines(session, summary.step)
+    out += _repair_lines(session, summary.step)
     from finercut_tui.curves import session_curves
 
     for chart in session_curves([("", _up_to(session, summary.step))]):
@@ -152,7 +154,7 @@ def _loss_text(heal: HealRecord) -> str:
     return f"{heal.first_loss:.3f} -> {heal.final_loss:.3f}"
 
 
-def _before_after(heal: HealRecord, part) -> str:
+def _before_after(heal: HealRecord | RepairRecord, part) -> str:
     before = part(heal.before) if heal.before is not None else "-"
     after = part(heal.after) if heal.after is not None else "-"
     return f"{before} -> {after}"
@@ -171,6 +173,37 @@ def _heal_lines(session: Session, k: int) -> list[str]:
         results = _before_after(h, describe_eval) if evaluated else "not evaluated"
         out.append(
             f"         {h.step!s:<5} {rank:<5} {h.steps!s:<6} {_loss_text(h):<16} {retained:<27} {results}"
+        )
+    return out
+
+
+def _repairs_until(session: Session, k: int) -> list[RepairRecord]:
+    return [r for r in session.repairs if r.step <= k]
+
+
+def _error_text(repair: RepairRecord) -> str:
+    """The patches' mean stream error (of the dense norm) before -> after, e.g. `0.412 -> 0.197`."""
+    patched = [p for p in repair.patched if p.error_before is not None and p.error_after is not None]
+    if not patched:
+        return "-"
+    before = sum(p.error_before for p in patched) / len(patched)
+    after = sum(p.error_after for p in patched) / len(patched)
+    return f"{before:.3f} -> {after:.3f}"
+
+
+def _repair_lines(session: Session, k: int) -> list[str]:
+    """Repaired results beside the unrepaired ones: one line per `repair` at a step <= k."""
+    repairs = _repairs_until(session, k)
+    if not repairs:
+        return []
+    out = ["repairs  step  ridge    patches  stream error     retained (before -> after)  results"]
+    for r in repairs:
+        ridge = "-" if r.ridge is None else f"{r.ridge:g}"
+        evaluated = r.before is not None or r.after is not None
+        retained = _before_after(r, retained_text) if evaluated else "-"
+        results = _before_after(r, describe_eval) if evaluated else "not evaluated"
+        out.append(
+            f"         {r.step!s:<5} {ridge:<8} {len(r.patched)!s:<8} {_error_text(r):<16} {retained:<27} {results}"
         )
     return out
 
@@ -229,6 +262,21 @@ def render_markdown(session: Session, step: int | None = None, source: str | Non
             out.append(
                 f"| {h.step} | rank {h.lora.get('rank', '?')} | {h.steps} | {_loss_text(h)} | {retained} "
                 f"| {before} | {after} |"
+            )
+    repairs = _repairs_until(session, summary.step)
+    if repairs:
+        out += [
+            "",
+            "| repair at step | ridge | patches | stream error | retained before -> after | results before | results after |",
+            "|---:|---:|---:|---|---|---|---|",
+        ]
+        for r in repairs:
+            before = describe_eval(r.before) if r.before is not None else "-"
+            after = describe_eval(r.after) if r.after is not None else "-"
+            retained = _before_after(r, retained_text) if r.before or r.after else "-"
+            ridge = "-" if r.ridge is None else f"{r.ridge:g}"
+            out.append(
+                f"| {r.step} | {ridge} | {len(r.patched)} | {_error_text(r)} | {retained} | {before} | {after} |"
             )
     return "\n".join(out) + "\n"
 

@@ -58,6 +58,20 @@ def _pre_tokenizer(tokenizer, config, source_model: str) -> str:
     return "default"
 
 
+def _word_level_tokens(data: dict, special: set[int]) -> list[str]:
+    """A whole-token vocabulary, written byte-level with no merges, so llama.cpp splits text into the
+    same single tokens (every token must be one byte)."""
+    enc = _bytes_to_unicode()
+    by_id = {i: t for t, i in data["model"]["vocab"].items()}
+    by_id.update({t["id"]: t["content"] for t in data.get("added_tokens", [])})
+    tokens = []
+    for i in range(max(by_id) + 1):
+        text = by_id.get(i, f"[UNUSED{i}]")
+        raw = text.encode("utf-8")
+        tokens.append("".join(enc[b] for b in raw) if i not in special and len(raw) == 1 else text)
+    return tokens
+
+
 def write_tokenizer(writer, tokenizer, config, source_model: str) -> None:
     """Token list, types, merges, special ids and the chat template, as llama.cpp reads them."""
     import gguf
@@ -84,16 +98,7 @@ def write_tokenizer(writer, tokenizer, config, source_model: str) -> None:
             types = [t for _, _, t in entries]
             model, merges = "llama", False
         elif kind == "WordLevel":
-            # a whole-token vocabulary: written byte-level with no merges, so llama.cpp splits text into
-            # the same single tokens (every token must be one byte)
-            enc = _bytes_to_unicode()
-            by_id = {i: t for t, i in data["model"]["vocab"].items()}
-            by_id.update({t["id"]: t["content"] for t in data.get("added_tokens", [])})
-            tokens = []
-            for i in range(max(by_id) + 1):
-                text = by_id.get(i, f"[UNUSED{i}]")
-                raw = text.encode("utf-8")
-                tokens.append("".join(enc[b] for b in raw) if i not in special and len(raw) == 1 else text)
+            tokens = _word_level_tokens(data, special)
             types = [
                 gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))
             ]
