@@ -21,7 +21,8 @@ import yaml
 
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.pins import Pins
-from finercut_tui.domain.records import CalibrationRecord, HealRecord, ModelRecord, Step, Undone
+from finercut_tui.domain.records import CalibrationRecord, HealRecord, ModelRecord, Step, Undone, bounded_int
+from finercut_tui.domain.repairs import RepairRecord
 from finercut_tui.domain.spec import MethodRecord, SearchSpec
 from finercut_tui.domain.sublayers import parse_id
 from finercut_tui.errors import FinercutError, SessionError
@@ -40,6 +41,7 @@ class Session:
     evals: list[EvalRecord] = field(default_factory=list)
     undone: list[Undone] = field(default_factory=list)
     heals: list[HealRecord] = field(default_factory=list)  # `finercut-tui heal` runs, in order
+    repairs: list[RepairRecord] = field(default_factory=list)  # `finercut-tui repair` runs, in order
     command: str | None = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     notes: str = ""
@@ -74,6 +76,7 @@ class Session:
         new.steps = new.steps[:k]
         new.evals = new.evals_until(k)
         new.heals = [h for h in new.heals if h.step <= k]
+        new.repairs = [r for r in new.repairs if r.step <= k]
         new.undone = []
         new.finished = False
         new.notes = (new.notes + "\n" if new.notes else "") + f"continued from {origin} at step {k}"
@@ -97,6 +100,8 @@ class Session:
             out["undone"] = [u.to_dict() for u in self.undone]
         if self.heals:  # written only when there are any: older files round-trip byte for byte
             out["heals"] = [h.to_dict() for h in self.heals]
+        if self.repairs:  # likewise
+            out["repairs"] = [r.to_dict() for r in self.repairs]
         if self.notes:
             out["notes"] = self.notes
         return out
@@ -131,6 +136,7 @@ class Session:
                 *(data.get("pinned") or []),
             ]:
                 parse_id(str(sid), model.num_blocks, allow_block=True)
+            _check_sizes(data, model.num_blocks)
             session = cls(
                 model=model,
                 calibration=CalibrationRecord.from_dict(data["calibration"]),
@@ -140,13 +146,14 @@ class Session:
                 evals=[EvalRecord.from_dict(e) for e in data.get("evals") or []],
                 undone=[Undone.from_dict(u) for u in data.get("undone") or []],
                 heals=[HealRecord.from_dict(h) for h in data.get("heals") or []],
+                repairs=[RepairRecord.from_dict(r) for r in data.get("repairs") or []],
                 command=data.get("command"),
                 created=str(data.get("created") or ""),
                 notes=str(data.get("notes") or ""),
                 finished=bool(data.get("finished", False)),
                 schema_version=version,
             )
-        except (TypeError, ValueError, KeyError, FinercutError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError, FinercutError) as exc:
             raise SessionError(f"{source} is corrupt ({exc}); fix it by hand or start a new session") from exc
         return session
 
@@ -157,6 +164,11 @@ class Session:
             raise SessionError(f"session file not found: {path} (check the path)")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise SessionError(
+                f"{path} nests deeper than any session does (damaged?); it was left untouched: fix it or "
+                "start a new session"
+            ) from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
@@ -164,6 +176,19 @@ class Session:
                 f"{path} is not valid YAML{line}; it was left untouched: fix it or start a new session"
             ) from exc
         return cls.from_yaml_dict(data, source=str(path))
+
+
+def _check_sizes(data: dict, num_blocks: int) -> None:
+    """What the file claims, checked against its own model before anything is sized by it."""
+    steps = data.get("steps") or []
+    if isinstance(steps, list) and len(steps) > 2 * num_blocks:
+        raise ValueError(
+            f"{len(steps)} steps, more than the {2 * num_blocks} sublayers of {num_blocks} blocks"
+        )
+    method = data.get("method")
+    target = method.get("target") if isinstance(method, dict) else None
+    if target is not None:
+        bounded_int(target, "method target", 0, 2 * num_blocks)
 
 
 def _file_mode(path: Path) -> int:
