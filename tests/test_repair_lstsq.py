@@ -434,3 +434,21 @@ def test_a_repaired_model_exports_as_nemotron_nas_with_the_same_logits(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "nas", trust_remote_code=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, use_cache=False).logits, expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.engine
+def test_a_repaired_model_exported_as_gguf_gives_the_same_logits_in_llama_cpp(tmp_path):
+    """The other engine format: llama.cpp itself reads the patched weights (f32, to 1e-4)."""
+    from engines import llama_cpp_logits
+    from serve_models import REMOVED, prompt_ids, pruned_logits, serve_model
+
+    from finercut_tui.export.gguf import write_gguf
+
+    pm = serve_model("llama")
+    outcome = repair_model(pm, tiny_inputs(8, 24, seed=3), REMOVED)
+    assert outcome.patched  # the weights really changed
+    ids = prompt_ids()
+    expected = pruned_logits(pm, REMOVED, ids)[-1]
+    write_gguf(pm, tmp_path / "r.gguf", REMOVED, outtype="f32", source_model="tiny")
+    _, got = llama_cpp_logits(tmp_path / "r.gguf", ids)
+    assert (torch.tensor(got) - expected).abs().max() < 1e-4

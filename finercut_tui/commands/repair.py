@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from finercut_tui.commands.common import add_eval_args, add_model_args, eval_request, progress_printer
+from finercut_tui.commands.export import FORCE, FORMAT, OUT, OUTTYPE
 from finercut_tui.domain.records import DEFAULT_LAYOUT
 from finercut_tui.domain.steps import StepRule
 from finercut_tui.errors import FinercutError
@@ -47,8 +48,7 @@ def register(subparsers) -> None:
     )
     add_options(p, [SESSION_FILE])
     add_step_options(p, STEPS)
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces an export)")
+    add_options(p, [OUT, FORCE, FORMAT, OUTTYPE])  # as `export` declares them
     p.add_argument(
         "--ridge",
         type=float,
@@ -137,6 +137,7 @@ def _calibration_spec(args, session):
 def run(args: argparse.Namespace) -> int:
     from finercut_tui.domain.repairs import DEFAULT_RIDGE
     from finercut_tui.domain.sublayers import expand
+    from finercut_tui.export.formats import check_format_args
     from finercut_tui.model.checkpoint import check_out_dir
     from finercut_tui.repair.projections import check_ridge
     from finercut_tui.session import Session
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = _calibration_spec(args, session)
     out = Path(args.out).expanduser()
     spec = _model_spec(args, session)
+    check_format_args(args.format, args.outtype)
     check_out_dir(out, args.force)
     request = eval_request(args, 0, session.calibration) if (args.ppl or args.tasks) else None
     if request is not None:
@@ -211,7 +213,7 @@ def repair_session(args, session, k, ridge, calibration, request, out, spec, pro
     import dataclasses
 
     from finercut_tui.domain.sublayers import expand
-    from finercut_tui.export.folder import export_pruned
+    from finercut_tui.export.formats import write_export
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import check_matches
 
@@ -233,10 +235,12 @@ def repair_session(args, session, k, ridge, calibration, request, out, spec, pro
         progress(f"evaluating step {k} after the repair")
         after = _evaluate(pm, request, k, previous, progress)[-1]
     record = dataclasses.replace(record, before=before, after=after)
-    result = export_pruned(
+    result = write_export(
+        args.format,
         pm,
         out,
         removed,
+        outtype=args.outtype,
         source_model=spec.gguf_file or spec.name_or_path,
         session=session,
         session_path=args.session,
