@@ -154,3 +154,28 @@ def test_heals_are_listed_beside_the_unhealed_evaluations():
         assert not any(str(table.get_row_at(i)[0]).startswith("heal@") for i in range(table.row_count))
 
     run(replay(HEAL), body)
+
+
+def test_repairs_are_listed_after_the_heals_of_their_step(tmp_path):
+    from finercut_tui.domain.repairs import PatchRecord, RepairRecord
+
+    session = Session.load(HEAL)
+    heal = session.heals[0]
+    patch = PatchRecord(run=("7.attn",), sublayer="6.mlp", error_before=0.5, error_after=0.3)
+    session.repairs = [
+        RepairRecord(step=heal.step, ridge=0.1, patches=(patch,), before=heal.before, after=heal.after)
+    ]
+    path = tmp_path / "repaired.yaml"
+    session.save(path)
+
+    async def body(app, pilot) -> None:
+        table = app.query_one(EvalTable)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        repair = next(r for r in rows if r[0].startswith("repair@"))
+        assert repair[0] == f"repair@{heal.step}" and "->" in repair[1] and "ppl:pydoc" in repair[2]
+        assert rows.index(repair) == 1 + next(i for i, r in enumerate(rows) if r[0].startswith("heal@"))
+        app.workbench.show_step(heal.step - 1)
+        await pilot.pause()
+        assert not any(str(table.get_row_at(i)[0]).startswith("repair@") for i in range(table.row_count))
+
+    run(replay(path), body)

@@ -14,6 +14,7 @@ from textual_plotext import PlotextPlot
 from finercut_tui.curves import Series, draw_series
 from finercut_tui.domain.evals import EvalRecord, describe_eval, fmt_value, retained_text
 from finercut_tui.domain.records import HealRecord
+from finercut_tui.domain.repairs import RepairRecord
 from finercut_tui.domain.text import clock, fmt_score
 from finercut_tui.layer_map import BARS, LEGEND, LEVELS, Cell, CellState, LayerMap
 
@@ -164,9 +165,11 @@ class RankingTable(DataTable):
         self.add_rows(rows)
 
 
-def heal_row(heal: HealRecord) -> tuple[str, str, str]:
-    """`heal@10`, `50.4% -> 79.3%`, `ppl:pydoc 42.97 -> 27.29`: a heal's evaluations before and after."""
-    before, after = heal.before, heal.after
+def before_after_row(
+    label: str, before: EvalRecord | None, after: EvalRecord | None, fallback: str
+) -> tuple[str, str, str]:
+    """`heal@10`, `50.4% -> 79.3%`, `ppl:pydoc 42.97 -> 27.29`: evaluations before and after a change
+    of the pruned model (a heal, a repair); `fallback` when neither was evaluated."""
 
     def kept(record: EvalRecord | None) -> str:
         return "-" if record is None or record.failed else retained_text(record)
@@ -182,21 +185,37 @@ def heal_row(heal: HealRecord) -> tuple[str, str, str]:
             parts.append(
                 f"{name} {fmt_value(old) if old is not None else '-'} -> {fmt_value(new) if new is not None else '-'}"
             )
-        results = ", ".join(parts)
-        if not results and heal.first_loss is not None and heal.final_loss is not None:
-            results = f"loss {heal.first_loss:.3f} -> {heal.final_loss:.3f} (not evaluated)"
-    return f"heal@{heal.step}", f"{kept(before)} -> {kept(after)}", results or "-"
+        results = ", ".join(parts) or fallback
+    return label, f"{kept(before)} -> {kept(after)}", results or "-"
+
+
+def heal_row(heal: HealRecord) -> tuple[str, str, str]:
+    loss = ""
+    if heal.first_loss is not None and heal.final_loss is not None:
+        loss = f"loss {heal.first_loss:.3f} -> {heal.final_loss:.3f} (not evaluated)"
+    return before_after_row(f"heal@{heal.step}", heal.before, heal.after, loss)
+
+
+def repair_row(repair: RepairRecord) -> tuple[str, str, str]:
+    patched = sum(p.sublayer is not None for p in repair.patches)
+    return before_after_row(
+        f"repair@{repair.step}", repair.before, repair.after, f"{patched} patches (not evaluated)"
+    )
 
 
 class EvalTable(DataTable):
-    """Evaluations so far with the score retained against the dense model, and the heals beside them."""
+    """Evaluations so far with the score retained against the dense model, and the heals and repairs
+    beside them."""
 
     def on_mount(self) -> None:
         self.add_columns("step", "kept", "results")
 
-    def show(self, evals: list[EvalRecord], heals: Sequence[HealRecord] = ()) -> None:
+    def show(
+        self, evals: list[EvalRecord], heals: Sequence[HealRecord] = (), repairs: Sequence[RepairRecord] = ()
+    ) -> None:
         rows = [(e.step, 0, (str(e.step), retained_text(e), describe_eval(e, width=60))) for e in evals]
         rows += [(h.step, 1, heal_row(h)) for h in heals]  # a heal after the unhealed eval of its step
+        rows += [(r.step, 2, repair_row(r)) for r in repairs]
         self.clear()
         self.add_rows(row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])))
 

@@ -20,6 +20,7 @@ from textual.widgets import Footer, Label, Log
 
 from finercut_tui.curves import Series, session_panels
 from finercut_tui.domain.records import HealRecord
+from finercut_tui.domain.repairs import RepairRecord
 from finercut_tui.domain.text import clock
 from finercut_tui.layer_map import Cell, Difference, LayerMap
 from finercut_tui.session import Session
@@ -113,8 +114,11 @@ class WorkbenchScreen(Screen[None]):
 
     def heals_shown(self) -> list[HealRecord]:
         """The session's heals of the models up to the shown number of removals."""
-        k = len(self.map.removals)
-        return [h for h in self.session.heals if h.step <= k]
+        return [h for h in self.session.heals if h.step <= len(self.map.removals)]
+
+    def repairs_shown(self) -> list[RepairRecord]:
+        """The session's repairs of the models up to the shown number of removals."""
+        return [r for r in self.session.repairs if r.step <= len(self.map.removals)]
 
     def curve_mark(self) -> int | None:
         """The removal count the curves mark with a vertical line (the shown step)."""
@@ -200,7 +204,7 @@ class WorkbenchScreen(Screen[None]):
             self.query_one(LayerGrid).set_map(self.map)
             self.query_one(CellInfo).show(self.cursor_cell(), self.map)
             self.query_one(RankingTable).show(self.map)
-            self.query_one(EvalTable).show(self.map.evals, self.heals_shown())
+            self.query_one(EvalTable).show(self.map.evals, self.heals_shown(), self.repairs_shown())
             grid = self.query_one(LayerGrid)
             grid.set_overlay(self.differences())
             self.query_one(Legend).set_overlay(self.overlay_legend())
