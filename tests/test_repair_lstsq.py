@@ -17,7 +17,7 @@ from finercut_tui.domain.sublayers import expand
 from finercut_tui.errors import FinercutError
 from finercut_tui.export.folder import export_pruned
 from finercut_tui.model.surgery import PrunableModel
-from finercut_tui.repair import removal_runs, repair_model, replaceme_blocks
+from finercut_tui.repair import removal_runs, repair_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -277,12 +277,14 @@ def test_a_repaired_block_cut_exports_as_a_plain_checkpoint(tmp_path):
 
 
 def test_replaceme_picks_the_closest_run_of_blocks():
+    """--method replaceme: the run of 2 blocks whose first input and last output are closest in cosine
+    distance at the last token, on the dense model; against plain hooks and the formula."""
+    from builders import make_engine
+
+    from finercut_tui.domain.events import SublayerRemoved
+
     pm = PrunableModel(tiny_model("llama"), tiny_tokenizer())
-    pm.set_removed(["3.mlp"])
     ids = tiny_inputs(4, 20)
-    choice = replaceme_blocks(pm, ids, 2)
-    assert pm.removed == frozenset({"3.mlp"})  # measured on the dense model, state restored
-    # the reference: block inputs and the last output with plain hooks, last token, 1 - cos
     states = {}
     blocks = pm.blocks
     hs = [
@@ -294,7 +296,6 @@ def test_replaceme_picks_the_closest_run_of_blocks():
             lambda m, a, o: states.__setitem__(4, (o[0] if isinstance(o, tuple) else o)[:, -1])
         )
     )
-    pm.restore_all()
     with torch.no_grad():
         pm.model(input_ids=ids, use_cache=False)
     for h in hs:
@@ -303,11 +304,13 @@ def test_replaceme_picks_the_closest_run_of_blocks():
         b: float((1 - torch.nn.functional.cosine_similarity(states[b], states[b + 2], dim=-1)).mean())
         for b in range(3)
     }
-    assert choice.distances == pytest.approx(ref, rel=1e-5)
-    assert choice.start == min(ref, key=ref.get) and choice.removed == [
-        f"{choice.start}.block",
-        f"{choice.start + 1}.block",
-    ]
+    engine = make_engine(pm, ids, 2, method="replaceme", block_metric="cosine-gap")
+    removed = [e for e in engine.run() if isinstance(e, SublayerRemoved)]
+    start = min(ref, key=ref.get)
+    assert [e.sublayer for e in removed] == [f"{start}.block", f"{start + 1}.block"]
+    assert {u: s for u, s in removed[0].scores.items()} == pytest.approx(
+        {f"{b}.block": v for b, v in ref.items()}, rel=1e-5
+    )
 
 
 def _one_run_reference(model, ids, removed, p_point, z_module, d_point, pm):

@@ -15,7 +15,9 @@ from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.sublayers import expand, split_id
 from finercut_tui.errors import FinercutError
 
-BLOCK_METRICS = ("cosine", "angular-gap")
+BLOCK_METRICS = ("cosine", "angular-gap", "cosine-gap")
+# block metrics that pick one contiguous run of n blocks for the target (not a ranking)
+ONE_RUN_METRICS = ("angular-gap", "cosine-gap")
 # FinerCut distances, as registered in search/metrics.py (named here so CLI help needs no torch)
 METRIC_NAMES = ("js", "js-ref", "kl", "angular", "l2", "nll")
 
@@ -213,6 +215,20 @@ register(
         paper="Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers, arXiv 2403.17887",
     )
 )
+register(
+    Method(
+        "replaceme",
+        ("block",),
+        _SIM,
+        False,
+        False,
+        "one-shot: the contiguous run of n blocks of smallest cosine distance at the last token; "
+        "then `repair` fits its linear map",
+        defaults={"block_metric": "cosine-gap", "samples": 8000, "seq_len": 1024},
+        requires={"block_metric": "cosine-gap"},
+        paper="Shopkhoev et al., ReplaceMe, arXiv 2505.02819",
+    )
+)
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -225,9 +241,10 @@ def get_method(name: str) -> Method:
 
 
 def picks_one_run(method: Method, block_metric: str) -> bool:
-    """Whether the method removes one contiguous run of blocks chosen for its target (angular-gap):
+    """Whether the method removes one contiguous run of blocks chosen for its target (angular-gap,
+    cosine-gap):
     its order at a smaller target is then no prefix of the order at a larger one."""
-    return method.unit == "block" and block_metric == "angular-gap"
+    return method.unit == "block" and block_metric in ONE_RUN_METRICS
 
 
 def is_removed(uid: str, removed: Set[str]) -> bool:

@@ -23,6 +23,7 @@ from finercut_tui.domain.methods import (
     FRONT_RULES,
     METHODS,
     METRIC_NAMES,
+    ONE_RUN_METRICS,
     Method,
     front_held_blocks,
     get_method,
@@ -66,7 +67,7 @@ class SearchSpec:
         "int(2L*X)+1 sublayers are gone (X = 0 holds block 0 for the first removal; default: off)",
     )
     front_rule: str = "reference"  # how -x is applied: see domain.methods.front_held_blocks
-    # block units: cosine, or angular-gap (one contiguous run)
+    # block units: cosine (a ranking), or angular-gap / cosine-gap (one contiguous run)
     block_metric: str = option("cosine", choices=BLOCK_METRICS, group="search", help="block-drop score")
     seed: int = option(0, type=int, group="search", help="random seed")
     # distance methods: float32, or "model" (the model's dtype)
@@ -119,9 +120,9 @@ class SearchSpec:
             raise FinercutError(
                 f"unknown --block-metric {self.block_metric!r}: choose {', '.join(BLOCK_METRICS)}"
             )
-        if self.block_metric == "angular-gap" and self.iterative:
+        if self.block_metric in ONE_RUN_METRICS and self.iterative:
             raise FinercutError(
-                "--block-metric angular-gap picks one contiguous run: it cannot be --iterative"
+                f"--block-metric {self.block_metric} picks one contiguous run: it cannot be --iterative"
             )
         return self
 

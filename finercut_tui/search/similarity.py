@@ -186,11 +186,18 @@ def _sums(pm: PrunableModel, input_ids: torch.Tensor, batch: int, faults: OomPla
     return sums, last_token, ids.numel()
 
 
-def angular_gap(last_token: list[torch.Tensor], n: int) -> dict[int, float]:
-    """Gromov et al.: arccos(cos(h_b, h_{b+n})) / pi at the last token, averaged over samples, per start b."""
+def run_gaps(last_token: list[torch.Tensor], n: int, metric: str = "angular-gap") -> dict[int, float]:
+    """Per start b, how far the last token's h_b and h_{b+n} lie apart, averaged over samples:
+    arccos(cos)/pi for "angular-gap" (Gromov et al.), 1 - cos for "cosine-gap" (ReplaceMe)."""
     L = len(last_token) - 1
     out = {}
     for b in range(L - n + 1):
         cos = F.cosine_similarity(last_token[b].double(), last_token[b + n].double(), dim=-1).clamp(-1.0, 1.0)
-        out[b] = float((torch.arccos(cos) / torch.pi).mean())
+        gap = torch.arccos(cos) / torch.pi if metric == "angular-gap" else 1.0 - cos
+        out[b] = float(gap.mean())
     return out
+
+
+def angular_gap(last_token: list[torch.Tensor], n: int) -> dict[int, float]:
+    """Gromov et al.: arccos(cos(h_b, h_{b+n})) / pi at the last token, averaged over samples, per start b."""
+    return run_gaps(last_token, n, "angular-gap")

@@ -8,7 +8,7 @@ Each `step()` is a generator of events whose return value is the unit removed (N
   a time between checkpoints, or split over the ranks under torchrun.
 - `SimilarityRank` (LLM-Drop): 1 - cos of every module, on the dense model once (one-shot) or on
   the current model at every step (iterative).
-- `AngularGapRun` (Gromov et al.): the contiguous run of n blocks whose input and output are closest.
+- `GapRun` (Gromov et al., ReplaceMe): the contiguous run of n blocks whose input and output are closest.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from finercut_tui.search.controller import Cancelled
 from finercut_tui.search.distributed import World, split_by_cost
 from finercut_tui.search.faults import rank_fault
 from finercut_tui.search.scoring import Scorer
-from finercut_tui.search.similarity import angular_gap, measure_similarities
+from finercut_tui.search.similarity import measure_similarities, run_gaps
 
 
 class Engine(Protocol):
@@ -224,8 +224,9 @@ class SimilarityRank(Ranking):
         return {u: ranking[u] for u in candidates}, computed
 
 
-class AngularGapRun(Strategy):
-    """Remove the contiguous run of n blocks whose input and output are closest in angle."""
+class GapRun(Strategy):
+    """Remove the contiguous run of n blocks whose input and output lie closest (angular-gap: in
+    angle, Gromov et al.; cosine-gap: in cosine distance, ReplaceMe), at the last token."""
 
     def step(self, candidates: list[str], started: float) -> Iterator[Event]:
         e = self.engine
@@ -240,10 +241,12 @@ class AngularGapRun(Strategy):
         free = {block_of(u) for u in candidates}
         sims = measure_similarities(e.pm, e.input_ids, e.scoring.batch_size, log=e.log.append, world=e.world)
         gaps = {
-            b: g for b, g in angular_gap(sims.last_token, n).items() if all(b + i in free for i in range(n))
+            b: g
+            for b, g in run_gaps(sims.last_token, n, e.spec.block_metric).items()
+            if all(b + i in free for i in range(n))
         }
         if not gaps:
-            raise FinercutError(f"no run of {n} consecutive removable blocks left for angular-gap")
+            raise FinercutError(f"no run of {n} consecutive removable blocks left for {e.spec.block_metric}")
         scores = {f"{b}.block": g for b, g in gaps.items()}
         for i, uid in enumerate(sorted(scores, key=sort_key), 1):
             yield CandidateScored(e.step, uid, scores[uid], i, len(scores))
@@ -265,7 +268,7 @@ def strategy_for(engine: Engine) -> Strategy:
     """The strategy of the engine's method (and, for block units, its block metric)."""
     spec = engine.spec
     if picks_one_run(spec.info, spec.block_metric):
-        return AngularGapRun(engine)
+        return GapRun(engine)
     return STRATEGIES[spec.info.scoring](engine)
 
 
