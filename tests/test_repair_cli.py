@@ -190,3 +190,29 @@ def test_repair_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
     # with an explicit ridge the small calibration set is fitted
     code, _, err = run_cli(capsys, "repair", small, "--step", "1", "--out", out, "--ridge", "0.1")
     assert code == 0, err
+
+
+def test_heal_with_repair_patches_first_then_trains_on_the_patched_weights(tmp_path, capsys):
+    """`heal --repair`: the session gets the repair and the heal; LoRA starts from the patched model."""
+    model = save_tiny_checkpoint(tmp_path / "model", "llama")
+    session_path = write_session(tmp_path / "s.yaml", model)
+    common = ["--data", str(TEXT), "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--quiet"]
+    evals = ["--ppl", str(TEXT), "--ppl-seq-len", "16", "--ppl-max-tokens", "64"]
+    argv = ["heal", str(session_path), "--step", "3", "--out", str(tmp_path / "healed"), "--repair", *common]
+    assert main([*argv, *evals]) == 0, capsys.readouterr().err
+    session = Session.load(session_path)
+    (heal,) = session.heals
+    (repair,) = session.repairs
+    assert repair.step == heal.step == 3 and repair.patches and repair.out == str(tmp_path / "healed")
+    assert heal.training["repaired_first"] is True
+    assert repair.before is not None and repair.before.results == heal.before.results  # the unrepaired model
+    assert Session.load(session_path).dumps() == session_path.read_text()
+
+    # the same heal without the repair trains other weights: the patch was in place before LoRA
+    plain = write_session(tmp_path / "plain.yaml", model)
+    argv = ["heal", str(plain), "--step", "3", "--out", str(tmp_path / "plain-healed"), *common]
+    assert main(argv) == 0, capsys.readouterr().err
+    repaired_w = load_pruned(tmp_path / "healed").model.state_dict()
+    plain_w = load_pruned(tmp_path / "plain-healed").model.state_dict()
+    assert any(not torch.equal(repaired_w[k], plain_w[k]) for k in plain_w)
+    assert not Session.load(plain).repairs

@@ -21,6 +21,7 @@ from finercut_tui.commands.common import (
     progress_printer,
 )
 from finercut_tui.commands.options import QUIET, SESSION_FILE, add_options, add_step_options
+from finercut_tui.commands.repair import RIDGE
 from finercut_tui.domain.options import Option, options_of, values_from
 from finercut_tui.domain.steps import StepRule, resolve_step
 
@@ -29,6 +30,12 @@ OPTIONS = [
     Option(("--out",), required=True, help="output folder: merged model, adapter/, PRUNING.md"),
     Option(("--resume",), action="store_true", help="continue the heal checkpointed in --out"),
     Option(("--force",), action="store_true", help="replace what --out holds (a heal or an export)"),
+    Option(
+        ("--repair",),
+        action="store_true",
+        help="repair first (least-squares patches on the session's calibration tokens, as `repair`), "
+        "then heal the repaired model",
+    ),
     QUIET,
 ]
 
@@ -51,6 +58,7 @@ def register(subparsers) -> None:
     add_step_options(p, STEPS)
     add_options(p, [OPTIONS[0], *options_of(DataOptions), *options_of(HealConfig), *OPTIONS[1:]])
     add_model_args(p)
+    add_options(p, [RIDGE])
     add_eval_args(p, "--eval-batch-size", group="evaluation before and after healing (as in `eval`)")
     p.set_defaults(func=run)
 
@@ -73,6 +81,8 @@ def plan_from_args(args: argparse.Namespace):
         request=eval_request(args, args.seed, session.calibration) if (args.ppl or args.tasks) else None,
         resume=args.resume,
         force=args.force,
+        repair=args.repair,
+        ridge=args.ridge,
         quiet=args.quiet,
         command=shlex.join(["finercut-tui", *sys.argv[1:]]),  # as `run` records its command
     )

@@ -12,6 +12,7 @@ from its options; a test or a script can build one directly.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 from collections.abc import Callable
@@ -44,6 +45,8 @@ class HealPlan:
     force: bool = False
     quiet: bool = False
     command: str = ""
+    repair: bool = False  # repair first (least-squares patches), then heal the repaired model
+    ridge: float | None = None  # the repair's ridge (None: the default, which few tokens refuse)
 
 
 class HealRecipe:
@@ -54,6 +57,7 @@ class HealRecipe:
         self.out = Path(plan.out).expanduser()
         self.before = self.after = None
         self.new_baseline: list = []
+        self.repair_record = None
 
     def run(self) -> tuple[HealRecord, Any]:
         """(the session's new heal record, export_pruned's result)."""
@@ -61,6 +65,7 @@ class HealRecipe:
         self.load()
         self.tokenize()
         self.evaluate_before()
+        self.repair()
         self.train()
         self.merge()
         self.evaluate_after()
@@ -81,6 +86,10 @@ class HealRecipe:
         if not expand(self.removed):
             raise FinercutError(f"step {plan.step} removes nothing: there is no pruning to heal")
         plan.training.check()
+        if plan.repair:
+            from finercut_tui.repair.projections import check_ridge
+
+            check_ridge(self.ridge)
         check_out_is_not_the_source(plan.model, plan.out)
         self.checkpoint = prepare_out(self.out, plan.resume, plan.force)
         if plan.request is not None:
@@ -100,7 +109,23 @@ class HealRecipe:
             num_blocks=self.pm.num_blocks,
             source=self.plan.session_path,
         )
+        if self.plan.repair:  # every repair check that needs the model, before anything is written
+            from finercut_tui.commands.repair import prepare_repair
+            from finercut_tui.domain.spec import CalibrationSpec
+
+            c = self.session.calibration
+            spec = CalibrationSpec(source=c.source, samples=c.samples, seq_len=c.seq_len, layout=c.layout)
+            given = self.plan.ridge is not None
+            self.repair_cal = prepare_repair(
+                self.pm, self.session, self.plan.step, spec, self.ridge, given, self.progress
+            )
         self.pm.set_removed(expand(self.removed))
+
+    @property
+    def ridge(self) -> float:
+        from finercut_tui.domain.repairs import DEFAULT_RIDGE
+
+        return DEFAULT_RIDGE if self.plan.ridge is None else float(self.plan.ridge)
 
     def tokenize(self) -> None:
         """The data stage: records -> token ids and labels."""
@@ -124,6 +149,17 @@ class HealRecipe:
         records = run_eval(self.pm, request, self.plan.step, self.previous, progress=self.progress)
         self.new_baseline, self.before = records[:-1], records[-1]
         self.previous += self.new_baseline
+
+    def repair(self) -> None:
+        """With --repair: fold the least-squares patches in first; LoRA then trains on top of them."""
+        if not self.plan.repair:
+            return
+        from finercut_tui.commands.repair import fit_repair
+
+        record = fit_repair(
+            self.pm, self.session, self.plan.step, self.repair_cal, self.ridge, None, self.progress
+        )
+        self.repair_record = dataclasses.replace(record, out=str(self.plan.out), before=self.before)
 
     def train(self) -> None:
         config = self.plan.training
@@ -158,6 +194,7 @@ class HealRecipe:
             "config": T.config_dict(self.plan.training),
             "targets": len(self.targets),
             "pad_token_id": pad,
+            **({"repaired_first": {"ridge": self.ridge}} if self.plan.repair else {}),
         }
 
     def merge(self) -> None:
@@ -204,6 +241,7 @@ class HealRecipe:
             self.removed,
             evals=self.new_baseline,
             heals=[self.heal],
+            repairs=[self.repair_record] if self.repair_record is not None else [],
             doing="healing",
             lost=f"the healed model is in {self.out} but the session was not updated",
         )
@@ -257,6 +295,7 @@ def training_record(recipe: HealRecipe) -> dict[str, Any]:
         "gradient_checkpointing": config.gradient_checkpointing,
         "dtype": recipe.lm.dtype,
         "device": str(recipe.pm.input_device),
+        **({"repaired_first": True} if recipe.plan.repair else {}),
     }
 
 

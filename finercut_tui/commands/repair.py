@@ -22,17 +22,27 @@ from pathlib import Path
 
 from finercut_tui.commands.common import add_eval_args, add_model_args, eval_request, progress_printer
 from finercut_tui.commands.export import FORCE, FORMAT, OUT, OUTTYPE
+from finercut_tui.domain.options import Option
 from finercut_tui.domain.records import DEFAULT_LAYOUT
+from finercut_tui.domain.repairs import DEFAULT_RIDGE
 from finercut_tui.domain.steps import StepRule
 from finercut_tui.errors import FinercutError
 
 STEPS = StepRule(verb="repair the model")
 
 
+RIDGE = Option(
+    ("--ridge",),
+    type=float,
+    metavar="LAMBDA",
+    help=f"ridge toward the identity, relative to the mean eigenvalue of z^T z (default {DEFAULT_RIDGE}; "
+    "0 = plain least squares); with fewer calibration tokens than the hidden size it must be given",
+)
+
+
 def register(subparsers) -> None:
     from finercut_tui.commands.options import SESSION_FILE, add_options, add_step_options
     from finercut_tui.domain.options import options_of
-    from finercut_tui.domain.repairs import DEFAULT_RIDGE
     from finercut_tui.domain.spec import CalibrationSpec
 
     p = subparsers.add_parser(
@@ -49,14 +59,7 @@ def register(subparsers) -> None:
     add_options(p, [SESSION_FILE])
     add_step_options(p, STEPS)
     add_options(p, [OUT, FORCE, FORMAT, OUTTYPE])  # as `export` declares them
-    p.add_argument(
-        "--ridge",
-        type=float,
-        default=None,
-        metavar="LAMBDA",
-        help=f"ridge toward the identity, relative to the mean eigenvalue of z^T z (default {DEFAULT_RIDGE}; "
-        "0 = plain least squares); with fewer calibration tokens than the hidden size it must be given",
-    )
+    add_options(p, [RIDGE])
     p.add_argument(
         "--batch-size", type=int, default=None, help="calibration samples per forward (default all)"
     )
