@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from finercut_tui import __version__
 from finercut_tui.domain.evals import EvalRecord
 from finercut_tui.domain.pins import Pins
 from finercut_tui.domain.records import CalibrationRecord, HealRecord, ModelRecord, Step, Undone, bounded_int
@@ -28,6 +29,7 @@ from finercut_tui.domain.sublayers import parse_id
 from finercut_tui.errors import FinercutError, SessionError
 
 SCHEMA_VERSION = 1
+WRITER = f"finercut-tui {__version__}"  # what a new session records as `written_by`
 REQUIRED_KEYS = ("schema_version", "model", "calibration", "method", "steps")
 
 
@@ -47,6 +49,8 @@ class Session:
     notes: str = ""
     finished: bool = False
     schema_version: int = SCHEMA_VERSION
+    # the version that created the file (files from before 2026-12 have none and keep none)
+    written_by: str | None = WRITER
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -84,8 +88,10 @@ class Session:
 
     # -- YAML ------------------------------------------------------------------------------------
     def to_yaml_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema_version": self.schema_version,
+        out: dict[str, Any] = {"schema_version": self.schema_version}
+        if self.written_by:
+            out["written_by"] = self.written_by
+        out |= {
             "created": self.created,
             "command": self.command,
             "model": self.model.to_dict(),
@@ -125,9 +131,10 @@ class Session:
         if not isinstance(version, int) or version < 1:
             raise SessionError(f"{source}: bad schema_version {version!r}; the file is corrupt")
         if version > SCHEMA_VERSION:
+            by = f", written by {data['written_by']}" if data.get("written_by") else ""
             raise SessionError(
-                f"{source} uses session schema {version}, newer than this finercut-tui understands "
-                f"({SCHEMA_VERSION}): upgrade finercut-tui (pip install -U finercut-tui); the file was not changed"
+                f"{source} uses session schema {version}, newer than this {WRITER} understands "
+                f"({SCHEMA_VERSION}{by}): upgrade finercut-tui (pip install -U finercut-tui); the file was not changed"
             )
         try:
             model = ModelRecord.from_dict(data["model"])
@@ -152,9 +159,12 @@ class Session:
                 notes=str(data.get("notes") or ""),
                 finished=bool(data.get("finished", False)),
                 schema_version=version,
+                written_by=str(data["written_by"]) if data.get("written_by") else None,
             )
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError, FinercutError) as exc:
-            raise SessionError(f"{source} is corrupt ({exc}); fix it by hand or start a new session") from exc
+            raise SessionError(
+                f"{source} is corrupt ({exc}){_other_writer(data)}; fix it by hand or start a new session"
+            ) from exc
         return session
 
     @classmethod
@@ -176,6 +186,14 @@ class Session:
                 f"{path} is not valid YAML{line}; it was left untouched: fix it or start a new session"
             ) from exc
         return cls.from_yaml_dict(data, source=str(path))
+
+
+def _other_writer(data: dict) -> str:
+    """For an error about a file another version wrote: which one, and which this is."""
+    writer = data.get("written_by")
+    if not writer or writer == WRITER:
+        return ""
+    return f"; it was written by {writer}, this is {WRITER}: open it with that version, or update"
 
 
 def _check_sizes(data: dict, num_blocks: int) -> None:

@@ -268,3 +268,47 @@ def test_speed_refuses_a_damaged_export_in_one_line(how, exported, sources, tmp_
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(_error_lines(err)) == 1 and "Traceback" not in err
+
+
+# -- files of other versions ---------------------------------------------------------------------------------
+def test_a_session_of_a_newer_version_names_it_and_says_what_to_do(sources, tmp_path):
+    from finercut_tui.errors import SessionError
+    from finercut_tui.session import WRITER, Session
+
+    _, paths = sources
+    data = yaml.safe_load(paths[0].read_text())
+    assert data["written_by"] == WRITER  # a new session says which version wrote it
+    data["schema_version"], data["written_by"] = 2, "finercut-tui 9.0.0"
+    path = tmp_path / "newer.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    raw = path.read_bytes()
+    with pytest.raises(SessionError) as info:
+        Session.load(path)
+    message = str(info.value)
+    assert "written by finercut-tui 9.0.0" in message and WRITER in message and "pip install -U" in message
+    assert path.read_bytes() == raw
+
+
+def test_a_damaged_session_of_another_version_names_the_writer(sources, tmp_path):
+    from finercut_tui.errors import SessionError
+    from finercut_tui.session import WRITER, Session
+
+    _, paths = sources
+    data = yaml.safe_load(paths[0].read_text())
+    data["written_by"] = "finercut-tui 0.0.1"
+    data["model"]["num_blocks"] = "many"
+    path = tmp_path / "older.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SessionError) as info:
+        Session.load(path)
+    assert "written by finercut-tui 0.0.1, this is " + WRITER in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_files_from_before_written_by_round_trip_unchanged():
+    from finercut_tui.session import Session
+
+    for path in sorted((ROOT / "sessions").glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert "written_by" not in text
+        assert Session.load(path).dumps() == text
