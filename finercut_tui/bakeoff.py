@@ -317,7 +317,8 @@ def render(result: Result, fmt: str = "text") -> str:
     lines = [table]
     if baseline is not None:
         measured = ", ".join(f"{k} {v:.4g}" for k, v in baseline.results.items())
-        lines += ["", f"unpruned baseline: {measured}; * = the most kept at that target"]
+        best = "bold" if fmt == "markdown" else "*"
+        lines += ["", f"unpruned baseline: {measured}; {best} = the most kept at that target"]
     if series and fmt == "text":
         lines += ["", plot(series, title, ylabel="retained %")]
     return "\n".join(lines).rstrip() + "\n"
