@@ -76,16 +76,19 @@ def test_the_declared_defaults_are_the_dataclasses_defaults():
 
 
 def test_the_eval_form_has_the_labelled_eval_options():
-    from finercut_tui.tui.screens import EvalForm, form_options
+    from finercut_tui.tui.screens import WHAT_IF, EvalForm, form_options
 
     labelled = [o.field for o in options_of(EvalRequest) if o.label]
-    assert [o.field for o in form_options()] == labelled
+    assert [o.field for o in form_options()] == [*labelled, WHAT_IF.field]  # and the repair what-if
     form = EvalForm(ppl="pydoc", ppl_max_tokens="512", limit="0.5")
     assert form.tasks == "" and form.ppl == "pydoc"
     request = form.request(EvalRequest(ppl="wikitext2", tasks="arc_easy"), session=None)
     assert (request.ppl, request.ppl_max_tokens, request.tasks, request.limit) == ("pydoc", 512, (), 0.5)
     with pytest.raises(FinercutError, match="max tokens must be a number"):
         EvalForm(ppl="x", ppl_max_tokens="many").request(EvalRequest(ppl="x"), session=None)
+    assert form.repair_ridge() is None and EvalForm(ppl="x", repair_ridge="0.1").repair_ridge() == 0.1
+    with pytest.raises(FinercutError, match="ridge must be >= 0"):
+        EvalForm(ppl="x", repair_ridge="-1").repair_ridge()
 
 
 class _Session:

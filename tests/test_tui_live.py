@@ -537,3 +537,51 @@ def test_the_eval_form_offers_text_the_run_can_reach():
         "my.txt",
         "arc_easy",
     )
+
+
+@run_async
+async def test_the_repair_what_if_evaluates_repaired_beside_unrepaired_and_changes_nothing(tmp_path, loaded):
+    """e with a ridge: the model is evaluated as it is and repaired; the repair is recorded, every
+    weight is given back, and the search goes on to the same order as without the what-if."""
+    from textual.widgets import Input
+
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.screens import EvalScreen
+
+    plain = make_job(tmp_path / "plain", loaded, target="3")
+    for _ in plain.events():
+        pass
+    want = plain.session.removed_at()
+
+    job = make_job(tmp_path, loaded, target="3")
+    job.controller.pause()
+    weights = {k: v.clone() for k, v in job.pm.model.state_dict().items()}
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.workbench.state() == "paused", "the search to pause")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(app.map.removals) == 1 and app.map.paused, "one removal")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen), "the eval dialog")
+        app.screen.query_one("#ppl", Input).value = ENGLISH
+        app.screen.query_one("#ppl_max_tokens", Input).value = "64"
+        app.screen.query_one("#repair_ridge", Input).value = "0.1"
+        app.screen.query_one("#ppl", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(job.session.repairs) == 1, "the repaired what-if")
+        (repair,) = on_disk(job).repairs
+        unrepaired = job.session.evals[-1]
+        assert repair.step == unrepaired.step == 1 and repair.out is None and repair.ridge == 0.1
+        assert repair.before.results == unrepaired.results and repair.after.results != unrepaired.results
+        assert all(torch_equal(weights[k], v) for k, v in job.pm.model.state_dict().items() if k in weights)
+        await pilot.press("space")
+        await wait_for(pilot, lambda: app.map.finished is not None, "the search to finish")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+    assert on_disk(job).removed_at() == want
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -212,6 +212,31 @@ def fit_repair(
     )
 
 
+def what_if_repair(job, request, step: int, ridge: float, unrepaired):
+    """The workbench's what-if: the job's current model repaired on its own calibration tokens and
+    evaluated with `request`, next to `unrepaired`; every weight is given back afterwards, so the
+    search goes on unrepaired and its order is unchanged. A `RepairRecord` with no `out`."""
+    from finercut_tui.domain.repairs import RepairRecord
+    from finercut_tui.eval.runner import run_eval
+    from finercut_tui.repair.lstsq import repaired
+
+    pm = job.pm
+    with repaired(pm, job.calibration.input_ids, pm.removed, ridge=ridge) as outcome:
+        after = run_eval(pm, request, step, job.session.evals)[-1]
+    return RepairRecord(
+        step=step,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        command="what-if in the workbench (e)",
+        objective=outcome.objective,
+        ridge=ridge,
+        calibration=_calibration_dict(job.calibration),
+        patches=tuple(_patch_record(p) for p in outcome.patches),
+        seconds=round(outcome.seconds, 3),
+        before=unrepaired,
+        after=after,
+    )
+
+
 def repair_session(args, session, k, ridge, calibration, request, out, spec, progress) -> int:
     import dataclasses
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from finercut_tui.domain.evals import EvalRecord
+    from finercut_tui.domain.repairs import RepairRecord
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,15 @@ class EvalFailed:
 
 
 @dataclass(frozen=True)
+class RepairMeasured:
+    """A what-if from the workbench: the model at `step` evaluated repaired, next to the same model
+    unrepaired (`record.before`); the search goes on with the unrepaired weights."""
+
+    step: int
+    record: RepairRecord
+
+
+@dataclass(frozen=True)
 class LogMessage:
     text: str
     level: str = "info"  # "info" | "warning" | "error"
@@ -143,6 +153,7 @@ Event = (
     | EvalStarted
     | EvalFinished
     | EvalFailed
+    | RepairMeasured
     | LogMessage
     | SearchFinished
 )

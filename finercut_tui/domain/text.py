@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finercut_tui.domain import events as E
-from finercut_tui.domain.evals import describe_eval
+from finercut_tui.domain.evals import describe_eval, retained_text
 
 FINISH_REASONS = {"target": "target reached", "exhausted": "no candidates left"}
 
@@ -50,6 +50,10 @@ def describe_event(event: object) -> str:
         return f"eval at step {event.step}: {describe_eval(event.record)}"
     if isinstance(event, E.EvalFailed):
         return f"error: evaluation at step {event.step} failed ({event.record.error}); the search goes on"
+    if isinstance(event, E.RepairMeasured):
+        before, after = event.record.before, event.record.after
+        kept = " -> ".join(retained_text(r) if r is not None else "-" for r in (before, after))
+        return f"repaired what-if at step {event.step} (ridge {event.record.ridge:g}): retained {kept}"
     if isinstance(event, E.LogMessage):
         return event.text if event.level == "info" else f"{event.level}: {event.text}"
     if isinstance(event, E.SearchFinished):

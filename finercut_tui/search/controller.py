@@ -37,6 +37,7 @@ class Undo:
 @dataclass(frozen=True)
 class Evaluate:
     request: Any  # an EvalRequest
+    repair_ridge: float | None = None  # also evaluate the model repaired with this ridge (a what-if)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ class Controller:
     def undo(self) -> None:
         self.send(Undo())
 
-    def evaluate(self, request: Any) -> None:
-        self.send(Evaluate(request))
+    def evaluate(self, request: Any, repair_ridge: float | None = None) -> None:
+        self.send(Evaluate(request, repair_ridge))
 
     @property
     def paused(self) -> bool:

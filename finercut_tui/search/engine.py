@@ -34,6 +34,7 @@ from finercut_tui.domain.events import (
     LogMessage,
     Paused,
     PinChanged,
+    RepairMeasured,
     Resumed,
     SearchFinished,
     SearchStarted,
@@ -96,6 +97,9 @@ class SearchEngine:
         self.pins = Pins(pins)
         self.one_shot_scores = one_shot_scores
         self.evaluator = evaluator
+        # (request, step, ridge, unrepaired record) -> RepairRecord: the workbench's repair what-if,
+        # given by the face that has one (commands/tui.py); None: not offered
+        self.what_if: Callable[[Any, int, float, EvalRecord], Any] | None = None
         self.evaluated_steps = set(evaluated_steps or ())
         self.world = world  # one replica of many (search/distributed.py); SINGLE: one process
         self.log: list[str] = []  # warnings from the scorers, drained into the event stream
@@ -243,7 +247,7 @@ class SearchEngine:
         if by == "search":
             self.controller.removal_done()
 
-    def _evaluate(self, request: Any) -> Iterator[Event]:
+    def _evaluate(self, request: Any, repair_ridge: float | None = None) -> Iterator[Event]:
         step = len(self.order)
         if self.evaluator is None or request is None:
             yield LogMessage(
@@ -265,6 +269,20 @@ class SearchEngine:
         for record in records:
             self.evaluated_steps.add(record.step)
             yield EvalFinished(record.step, record)
+        if repair_ridge is not None and records and self.world.is_main:
+            yield from self._what_if(request, step, repair_ridge, records[-1])
+
+    def _what_if(self, request: Any, step: int, ridge: float, unrepaired: EvalRecord) -> Iterator[Event]:
+        """The model repaired, evaluated next to `unrepaired`; its weights are given back afterwards."""
+        if self.what_if is None:
+            yield LogMessage("the repair what-if is not offered here: run `finercut-tui repair`", "warning")
+            return
+        try:
+            record = self.what_if(request, step, ridge, unrepaired)
+        except Exception as exc:  # the search goes on, as after a failed evaluation
+            yield LogMessage(f"the repair what-if failed: {error_line(exc, 200)}", "error")
+            return
+        yield RepairMeasured(step, record)
 
     def checkpoint(
         self, scores: dict[str, float] | None = None, pending: list[str] | None = None
@@ -294,8 +312,8 @@ class SearchEngine:
     def _handle(self, command: Command, scores, pending) -> Iterator[Event]:
         """Apply one command; returns True when the model changed (the step starts over)."""
         match command:
-            case Evaluate(request):
-                yield from self._evaluate(request)
+            case Evaluate(request, ridge):
+                yield from self._evaluate(request, ridge)
                 return False
             case Undo():
                 return (yield from self._undo())

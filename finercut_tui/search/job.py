@@ -25,6 +25,7 @@ from finercut_tui.domain.events import (
     Event,
     LogMessage,
     PinChanged,
+    RepairMeasured,
     SearchFinished,
     SublayerRemoved,
     SublayerRestored,
@@ -166,6 +167,8 @@ class Job:
             s.pinned = Pins(event.pins)
         elif isinstance(event, EvalFinished | EvalFailed):
             s.evals.append(event.record)
+        elif isinstance(event, RepairMeasured):
+            s.repairs.append(event.record)
         elif isinstance(event, SearchFinished):
             s.finished = event.reason in DONE_REASONS
         elif isinstance(event, LogMessage) and self._batch_size_changed():

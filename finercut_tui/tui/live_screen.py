@@ -7,6 +7,7 @@ the other way through `job.controller`, which the search polls between candidate
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -267,11 +268,18 @@ class LiveScreen(WorkbenchScreen):
         self._eval_form = form
         try:
             request = form.request(self.job.setup.schedule.request, self.session)
+            ridge = form.repair_ridge()
         except FinercutError as exc:
             self.notify(str(exc), title="cannot evaluate", severity="error")
             return
-        self.job.controller.evaluate(request)
-        self.log_line(f"evaluation queued: {request.describe()}")
+        engine = getattr(self.job, "engine", None)
+        if ridge is not None and engine is not None and engine.what_if is None:
+            from finercut_tui.commands.repair import what_if_repair
+
+            engine.what_if = functools.partial(what_if_repair, self.job)
+        self.job.controller.evaluate(request, ridge)
+        also = f", and repaired (ridge {ridge:g})" if ridge is not None else ""
+        self.log_line(f"evaluation queued: {request.describe()}{also}")
 
     def action_save(self) -> None:
         try:

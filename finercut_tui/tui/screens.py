@@ -14,6 +14,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from finercut_tui.domain.options import Option
 from finercut_tui.errors import FinercutError
 from finercut_tui.tui.actions import help_sections
 
@@ -148,11 +149,23 @@ class OverlayScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+# the dialog's what-if: evaluate the model repaired too (its own field, not part of the evaluation)
+WHAT_IF = Option(
+    ("--what-if-ridge",),
+    field="repair_ridge",
+    type=float,
+    label="also repaired, ridge",
+    placeholder="blank: no; e.g. 0.1",
+    help="evaluate the current model repaired too (least squares, this ridge); the search goes on unrepaired",
+)
+
+
 def form_options() -> list:
-    """The evaluation options that the evaluate-now dialog asks for: those declared with a label."""
+    """The fields of the evaluate-now dialog: the evaluation options declared with a label, then the
+    repair what-if."""
     from finercut_tui.domain.eval_request import eval_options
 
-    return [opt for opt in eval_options() if opt.label]
+    return [opt for opt in eval_options() if opt.label] + [WHAT_IF]
 
 
 class EvalForm:
@@ -186,14 +199,18 @@ class EvalForm:
             if calibration_source == "pydoc":
                 return cls(ppl="pydoc", ppl_max_tokens="4096")
             return cls(ppl="wikitext2")
-        return cls(**{opt.field: _text(getattr(request, opt.field)) for opt in form_options()})
+        return cls(
+            **{opt.field: _text(getattr(request, opt.field)) for opt in form_options() if opt is not WHAT_IF}
+        )
 
     def request(self, base: Any, session: Session) -> Any:
         """The `EvalRequest` this form asks for: `base` (the search's request) with the form's fields,
         else a new one on the session's seed and calibration. Raises FinercutError on a bad number."""
         from finercut_tui.eval.request import EvalRequest
 
-        fields = {opt.field: _value(self.values[opt.field], opt) for opt in form_options()}
+        fields = {
+            opt.field: _value(self.values[opt.field], opt) for opt in form_options() if opt is not WHAT_IF
+        }
         if base is not None:
             return dataclasses.replace(base, **fields)
         calibration = session.calibration
@@ -204,6 +221,13 @@ class EvalForm:
             calibration_split=calibration.split,
             calibration_text_sha256=calibration.text_sha256,
         )
+
+    def repair_ridge(self) -> float | None:
+        """The what-if's ridge (None: evaluate unrepaired only). Raises FinercutError on a bad number."""
+        ridge = _value(self.values[WHAT_IF.field], WHAT_IF)
+        if ridge is not None and not ridge >= 0:
+            raise FinercutError(f"the repair's ridge must be >= 0, got {ridge}")
+        return ridge
 
 
 def _text(value: Any) -> str:
@@ -247,7 +271,8 @@ class EvalScreen(ModalScreen[EvalForm | None]):
                     yield Input(value, placeholder=opt.placeholder, id=opt.field, compact=True, **kind)
             yield Static(
                 "Runs between two candidates (also while paused); the baseline of the unpruned model is "
-                "measured once. enter: evaluate · esc: cancel",
+                "measured once. With a ridge the model is also evaluated repaired (a what-if: the search "
+                "goes on unrepaired). enter: evaluate · esc: cancel",
                 id="eval-hint",
             )
             yield Static(self.error, id="eval-error")
