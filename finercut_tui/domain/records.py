@@ -55,7 +55,26 @@ def _score(value: Any) -> float:
     return number
 
 
-def _require_mapping(data: Any, what: str) -> dict[str, Any]:
+def keyed_dict(record: Any, keys: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:
+    """A record's YAML mapping: its fields in `keys` order (the first always, the others when not
+    empty), nested records (and tuples of them) as their own mappings, then `extra` unchanged."""
+    out: dict[str, Any] = {keys[0]: getattr(record, keys[0])}
+    for key in keys[1:]:
+        value = getattr(record, key)
+        if value is None or (isinstance(value, dict | tuple) and not value):
+            continue
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        elif isinstance(value, tuple):
+            value = [v.to_dict() if hasattr(v, "to_dict") else v for v in value]
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[key] = value
+    out.update(extra)
+    return out
+
+
+def require_mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"bad {what} entry {data!r}")
     return data
@@ -97,7 +116,7 @@ class ModelRecord:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelRecord:
-        data = _require_mapping(data, "model")
+        data = require_mapping(data, "model")
         return cls(
             num_blocks=bounded_int(data["num_blocks"], "model num_blocks", 1, MAX_BLOCKS),
             name_or_path=data.get("name_or_path") or None,
@@ -146,7 +165,7 @@ class CalibrationRecord:
 
     @classmethod
     def from_dict(cls, data: Any) -> CalibrationRecord:
-        data = _require_mapping(data, "calibration")
+        data = require_mapping(data, "calibration")
         return cls(
             source=str(data["source"]),
             samples=bounded_int(data["samples"], "calibration samples", 1, MAX_SAMPLES),
@@ -223,7 +242,7 @@ class Undone:
 
     @classmethod
     def from_dict(cls, data: Any) -> Undone:
-        data = _require_mapping(data, "undone")
+        data = require_mapping(data, "undone")
         return cls(str(data["removed"]), str(data.get("by", "search")), int(data["undone_at_step"]))
 
 
@@ -275,22 +294,11 @@ class HealRecord:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.step}
-        for key in self._KEYS[1:]:
-            value = getattr(self, key)
-            if value is None or (isinstance(value, dict) and not value):
-                continue
-            if isinstance(value, EvalRecord):
-                value = value.to_dict()
-            elif isinstance(value, dict):
-                value = dict(value)
-            out[key] = value
-        out.update(self.extra)
-        return out
+        return keyed_dict(self, self._KEYS, self.extra)
 
     @classmethod
     def from_dict(cls, data: Any) -> HealRecord:
-        data = _require_mapping(data, "heal")
+        data = require_mapping(data, "heal")
         if "step" not in data:
             raise ValueError(f"heal entry without a step {data!r}")
 

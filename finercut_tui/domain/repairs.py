@@ -14,19 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finercut_tui.domain.evals import EvalRecord
+from finercut_tui.domain.records import keyed_dict, optional_float, require_mapping
 
 DEFAULT_RIDGE = 0.1  # relative: lam = ridge * trace(z^T z) / d (README: the sweep that chose it)
 OBJECTIVE = "lstsq"  # the least-squares patch (finercut_tui/repair/lstsq.py)
-
-
-def _mapping(data: Any, what: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError(f"bad {what} entry {data!r}")
-    return data
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -68,15 +59,15 @@ class PatchRecord:
 
     @classmethod
     def from_dict(cls, data: Any) -> PatchRecord:
-        data = _mapping(data, "patch")
+        data = require_mapping(data, "patch")
         run = data.get("run")
         if not isinstance(run, list) or not run:
             raise ValueError(f"patch entry without a run {data!r}")
         return cls(
             run=tuple(str(s) for s in run),
             sublayer=None if data.get("sublayer") is None else str(data["sublayer"]),
-            error_before=_float(data.get("error_before")),
-            error_after=_float(data.get("error_after")),
+            error_before=optional_float(data.get("error_before"), "repair error_before"),
+            error_after=optional_float(data.get("error_after"), "repair error_after"),
             note=data.get("note") or None,
             extra={k: v for k, v in data.items() if k not in cls._KEYS},
         )
@@ -122,24 +113,11 @@ class RepairRecord:
         return [p for p in self.patches if p.sublayer is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.step}
-        for key in self._KEYS[1:]:
-            value = getattr(self, key)
-            if value is None or (isinstance(value, (dict, tuple)) and not value):
-                continue
-            if isinstance(value, EvalRecord):
-                value = value.to_dict()
-            elif key == "patches":
-                value = [p.to_dict() for p in value]
-            elif isinstance(value, dict):
-                value = dict(value)
-            out[key] = value
-        out.update(self.extra)
-        return out
+        return keyed_dict(self, self._KEYS, self.extra)
 
     @classmethod
     def from_dict(cls, data: Any) -> RepairRecord:
-        data = _mapping(data, "repair")
+        data = require_mapping(data, "repair")
         if "step" not in data:
             raise ValueError(f"repair entry without a step {data!r}")
 
@@ -149,10 +127,10 @@ class RepairRecord:
         return cls(
             step=int(data["step"]),
             objective=str(data.get("objective") or "lstsq"),
-            ridge=_float(data.get("ridge")),
+            ridge=optional_float(data.get("ridge"), "repair ridge"),
             calibration=dict(data.get("calibration") or {}),
             patches=tuple(PatchRecord.from_dict(p) for p in data.get("patches") or []),
-            seconds=_float(data.get("seconds")),
+            seconds=optional_float(data.get("seconds"), "repair seconds"),
             out=data.get("out"),
             command=data.get("command"),
             created=data.get("created"),
