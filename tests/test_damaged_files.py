@@ -312,3 +312,54 @@ def test_files_from_before_written_by_round_trip_unchanged():
         text = path.read_text(encoding="utf-8")
         assert "written_by" not in text
         assert Session.load(path).dumps() == text
+
+
+# -- the defects the damage found, each by name ----------------------------------------------------------------
+def _one_line_refusal(path: Path) -> str:
+    from finercut_tui.errors import SessionError
+    from finercut_tui.session import Session
+
+    raw = path.read_bytes()
+    with pytest.raises(SessionError) as info:
+        Session.load(path)
+    assert "\n" not in str(info.value) and path.read_bytes() == raw
+    return str(info.value)
+
+
+def test_regression_deep_nesting_is_one_line_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_bytes(
+        (ROOT / "sessions" / "smollm2-attn-drop.yaml").read_bytes()
+        + b"\nnotes: "
+        + b"[" * 50000
+        + b"]" * 50000
+    )
+    assert "nests deeper than any session" in _one_line_refusal(path)
+
+
+@pytest.mark.parametrize("value", [10**20, 2**63, 0, -1])
+def test_regression_a_huge_num_blocks_is_refused_before_anything_is_sized(value, tmp_path):
+    """`show` once grew past 19 GB on num_blocks 99999999999999999999."""
+    data = yaml.safe_load((ROOT / "sessions" / "smollm2-attn-drop.yaml").read_text())
+    data["model"]["num_blocks"] = value
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert "num_blocks" in _one_line_refusal(path) and "out of range 1..4096" in _one_line_refusal(path)
+
+
+@pytest.mark.parametrize("field,value", [("seconds", [1, 2]), ("seconds", "a string"), ("score", {"x": 1})])
+def test_regression_a_step_field_of_the_wrong_type_is_one_line(field, value, tmp_path):
+    """`replay` drew such a step and raised inside the app."""
+    data = yaml.safe_load((ROOT / "sessions" / "smollm2-joint-drop.yaml").read_text())
+    data["steps"][2][field] = value
+    path = tmp_path / "typed.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert f"step {field} must be a number" in _one_line_refusal(path)
+
+
+def test_regression_more_steps_than_sublayers_is_refused(tmp_path):
+    data = yaml.safe_load((ROOT / "sessions" / "smollm2-attn-drop.yaml").read_text())
+    data["steps"] = data["steps"] * 10
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert "more than the 60 sublayers" in _one_line_refusal(path)

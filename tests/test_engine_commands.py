@@ -264,3 +264,18 @@ def test_after_the_target_the_model_stays_a_workbench(tmp_path):
     )
     list(resumed.events())
     assert Session.load(path).removed_at()[:4] == order and len(Session.load(path).steps) == 5
+
+
+def test_regression_the_controller_is_idle_only_once_a_command_s_events_are_out():
+    """The soak found the screen checked before a pin's event arrived: the queue was empty (the engine
+    had taken the command) but nothing was emitted yet. `idle` waits for the events themselves."""
+    eng, ctl = engine(target=2)
+    assert ctl.idle
+    seen_idle_before_the_pin = []
+    for ev in eng.run():
+        if isinstance(ev, CandidateScored) and ev.index == 1 and ctl.idle is not False and not eng.pins:
+            ctl.pin("3.mlp")
+            assert not ctl.idle
+        if isinstance(ev, PinChanged):
+            seen_idle_before_the_pin.append(ctl.idle)  # the engine marks it applied after this yield
+    assert seen_idle_before_the_pin == [False] and ctl.idle

@@ -585,3 +585,22 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+@run_async
+async def test_regression_home_and_end_move_the_cursor_in_a_live_search(tmp_path, loaded):
+    """The soak found home / end (a replay's first / last step) silent in a live search: they now
+    move the grid's cursor to the first / last block."""
+    from finercut_tui.tui.app import WorkbenchApp
+    from finercut_tui.tui.grid import LayerGrid
+
+    job = make_job(tmp_path, loaded, target="2")
+    job.controller.pause()
+    app = WorkbenchApp(job.session, job.session_path, job=job)
+    async with app.run_test(size=(100, 30)) as pilot:
+        grid = app.query_one(LayerGrid)
+        await pilot.press("end")
+        assert grid.cursor_position[0] == app.map.num_blocks - 1
+        await pilot.press("home")
+        assert grid.cursor_position[0] == 0
+        await pilot.press("q")
