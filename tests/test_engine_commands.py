@@ -273,7 +273,7 @@ def test_regression_the_controller_is_idle_only_once_a_command_s_events_are_out(
     assert ctl.idle
     seen_idle_before_the_pin = []
     for ev in eng.run():
-        if isinstance(ev, CandidateScored) and ev.index == 1 and ctl.idle is not False and not eng.pins:
+        if isinstance(ev, CandidateScored) and ev.index == 1 and not eng.pins:
             ctl.pin("3.mlp")
             assert not ctl.idle
         if isinstance(ev, PinChanged):
