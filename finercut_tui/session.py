@@ -83,6 +83,7 @@ class Session:
         new.repairs = [r for r in new.repairs if r.step <= k]
         new.undone = []
         new.finished = False
+        new.written_by = WRITER  # a new file, written by this version
         new.notes = (new.notes + "\n" if new.notes else "") + f"continued from {origin} at step {k}"
         return new
 
