@@ -265,6 +265,13 @@ def one_process(models, tmp_path_factory):
         )
     )
     out["joint"] = tmp / "joint.yaml"
+    ok(
+        launch(
+            base(models["llama"], tmp / "sleb.yaml", "--method", "sleb", "--metric", "nll", "--target", "2"),
+            world=1,
+        )
+    )
+    out["sleb"] = tmp / "sleb.yaml"
     return out
 
 
@@ -275,6 +282,14 @@ def test_finercut_two_ranks_equal_one_process(name, models, one_process, tmp_pat
     assert steps(session) == steps(one_process[name])  # order, chosen scores and every score, exactly
     assert [s.world_size for s in Session.load(session).steps] == [2] * 5
     assert "world_size" not in one_process[name].read_text()
+
+
+def test_sleb_over_blocks_two_ranks_equal_one_process(models, one_process, tmp_path):
+    """A greedy search over whole blocks (SLEB): the block candidates split over the ranks by cost."""
+    session = tmp_path / "s.yaml"
+    ok(launch(base(models["llama"], session, "--method", "sleb", "--metric", "nll", "--target", "2")))
+    assert steps(session) == steps(one_process["sleb"])
+    assert all(s.removed.endswith(".block") for s in Session.load(session).steps)
 
 
 def test_iterative_joint_drop_two_ranks_equal_one_process(models, one_process, tmp_path):
