@@ -53,8 +53,27 @@ def check_out_is_not_the_source(spec, out) -> None:
         raise FinercutError(f"--out {out} is the source model's folder: pick another folder")
 
 
+def export_step(args: argparse.Namespace, pm, session, k: int, spec, progress):
+    """`pm` with the session's first k removals written to --out in --format (export, repair)."""
+    from finercut_tui.export.formats import write_export
+
+    return write_export(
+        args.format,
+        pm,
+        args.out,
+        session.removed_at(k),
+        outtype=args.outtype,
+        source_model=spec.gguf_file or spec.name_or_path,
+        session=session,
+        session_path=args.session,
+        step=k,
+        force=args.force,
+        progress=progress,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from finercut_tui.export.formats import check_format_args, load_hint, write_export
+    from finercut_tui.export.formats import check_format_args, load_hint
     from finercut_tui.model.checkpoint import check_out_dir
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import Session, check_matches
@@ -68,20 +87,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_is_not_the_source(spec, args.out)
     lm = load_model(spec, progress=progress)
     check_matches(session, architecture=lm.architecture, num_blocks=lm.pm.num_blocks, source=args.session)
-    removed = session.removed_at(k)
-    result = write_export(
-        args.format,
-        lm.pm,
-        args.out,
-        removed,
-        outtype=args.outtype,
-        source_model=spec.gguf_file or spec.name_or_path,
-        session=session,
-        session_path=args.session,
-        step=k,
-        force=args.force,
-        progress=progress,
-    )
+    result = export_step(args, lm.pm, session, k, spec, progress)
     kept = result.params_after / result.params_before
     load = load_hint(result)
     print(

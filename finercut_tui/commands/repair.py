@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from finercut_tui.commands.common import add_eval_args, add_model_args, eval_request, progress_printer
-from finercut_tui.commands.export import FORCE, FORMAT, OUT, OUTTYPE
+from finercut_tui.commands.export import FORCE, FORMAT, OUT, OUTTYPE, export_step
 from finercut_tui.domain.options import Option
 from finercut_tui.domain.records import DEFAULT_LAYOUT
 from finercut_tui.domain.repairs import DEFAULT_RIDGE
@@ -241,7 +241,6 @@ def repair_session(args, session, k, ridge, calibration, request, out, spec, pro
     import dataclasses
 
     from finercut_tui.domain.sublayers import expand
-    from finercut_tui.export.formats import write_export
     from finercut_tui.model.loading import load_model
     from finercut_tui.session import check_matches
 
@@ -263,19 +262,7 @@ def repair_session(args, session, k, ridge, calibration, request, out, spec, pro
         progress(f"evaluating step {k} after the repair")
         after = _evaluate(pm, request, k, previous, progress)[-1]
     record = dataclasses.replace(record, before=before, after=after)
-    result = write_export(
-        args.format,
-        pm,
-        out,
-        removed,
-        outtype=args.outtype,
-        source_model=spec.gguf_file or spec.name_or_path,
-        session=session,
-        session_path=args.session,
-        step=k,
-        force=args.force,
-        progress=progress,
-    )
+    result = export_step(args, pm, session, k, spec, progress)
     _describe_in_export(out, record)
     _append(args.session, k, removed, baseline, record)
     progress(f"recorded the repair in {args.session}")
