@@ -56,10 +56,23 @@ def test_replay_shows_the_recorded_removals_at_every_step(path):
     asyncio.run(walk())
 
 
-SHIPPED = SESSIONS + sorted((Path(__file__).parent / "data").glob("*.yaml"))
+BAKEOFF = sorted((Path(__file__).parents[1] / "sessions" / "bakeoff-smollm2").glob("*.yaml"))
+SHIPPED = SESSIONS + BAKEOFF + sorted((Path(__file__).parent / "data").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_session_loads_and_saves_back_byte_for_byte(path, tmp_path):
     Session.load(path).save(tmp_path / "again.yaml")
     assert (tmp_path / "again.yaml").read_bytes() == path.read_bytes()
+
+
+def test_the_committed_bake_off_has_every_method_and_its_table_evaluations():
+    """README's comparison of methods comes from these sessions: each method, each target evaluated."""
+    from finercut_tui.bakeoff import DEFAULT_METHODS
+
+    methods = {Session.load(p).spec.method for p in BAKEOFF}
+    assert methods == set(DEFAULT_METHODS)
+    for path in BAKEOFF:
+        session = Session.load(path)
+        assert session.finished and any(e.step == 0 for e in session.evals)
+        assert all(not e.failed for e in session.evals)
