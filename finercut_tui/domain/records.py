@@ -74,6 +74,11 @@ def keyed_dict(record: Any, keys: tuple[str, ...], extra: dict[str, Any]) -> dic
     return out
 
 
+def optional_eval(data: dict[str, Any], key: str) -> EvalRecord | None:
+    """The evaluation record under `key` (a heal's or a repair's before / after), or None."""
+    return EvalRecord.from_dict(data[key]) if data.get(key) is not None else None
+
+
 def require_mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"bad {what} entry {data!r}")
@@ -302,9 +307,6 @@ class HealRecord:
         if "step" not in data:
             raise ValueError(f"heal entry without a step {data!r}")
 
-        def _eval(key: str) -> EvalRecord | None:
-            return EvalRecord.from_dict(data[key]) if data.get(key) is not None else None
-
         return cls(
             step=int(data["step"]),
             data=dict(data.get("data") or {}),
@@ -320,7 +322,7 @@ class HealRecord:
             resumed_from=data.get("resumed_from"),
             command=data.get("command"),
             created=data.get("created"),
-            before=_eval("before"),
-            after=_eval("after"),
+            before=optional_eval(data, "before"),
+            after=optional_eval(data, "after"),
             extra=_extra(data, cls._KEYS),
         )

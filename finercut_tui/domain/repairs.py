@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finercut_tui.domain.evals import EvalRecord
-from finercut_tui.domain.records import keyed_dict, optional_float, require_mapping
+from finercut_tui.domain.records import keyed_dict, optional_eval, optional_float, require_mapping
 
 DEFAULT_RIDGE = 0.1  # relative: lam = ridge * trace(z^T z) / d (README: the sweep that chose it)
 OBJECTIVE = "lstsq"  # the least-squares patch (finercut_tui/repair/lstsq.py)
@@ -121,9 +121,6 @@ class RepairRecord:
         if "step" not in data:
             raise ValueError(f"repair entry without a step {data!r}")
 
-        def _eval(key: str) -> EvalRecord | None:
-            return EvalRecord.from_dict(data[key]) if data.get(key) is not None else None
-
         return cls(
             step=int(data["step"]),
             objective=str(data.get("objective") or "lstsq"),
@@ -134,7 +131,7 @@ class RepairRecord:
             out=data.get("out"),
             command=data.get("command"),
             created=data.get("created"),
-            before=_eval("before"),
-            after=_eval("after"),
+            before=optional_eval(data, "before"),
+            after=optional_eval(data, "after"),
             extra={k: v for k, v in data.items() if k not in cls._KEYS},
         )

@@ -52,6 +52,7 @@ from finercut_tui.errors import FinercutError
 from finercut_tui.model.surgery import PrunableModel
 from finercut_tui.repair.projections import check_calibration, check_repairable, output_projection
 from finercut_tui.repair.runs import Run, removal_runs
+from finercut_tui.search.scoring import CachedPrefix
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -145,18 +146,6 @@ class _Stop(Exception):
     """Raised after the last block a walk needs: nothing later runs."""
 
 
-class _CachedInput(nn.Module):
-    """Stands in for blocks 0..f-1: ignores its input and returns block f's cached input."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: torch.Tensor | None = None
-        self.as_tuple = False
-
-    def forward(self, *args, **kwargs):
-        return (self.value,) if self.as_tuple else self.value
-
-
 def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -178,7 +167,7 @@ class _Walker:
         self.frontier = 0  # the block whose input `cached` holds (0: run from the embeddings)
         self.cached: list[torch.Tensor | None] = [None] * len(self.batches)
         self._next: list[tuple[int, torch.Tensor | None]] = [(0, None)] * len(self.batches)
-        self._stub = _CachedInput()
+        self._stub = CachedPrefix()
         self.tuple_outputs = False
 
     def walk(self, i: int, to_block: int, keep: str) -> None:

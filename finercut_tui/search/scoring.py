@@ -35,8 +35,9 @@ from finercut_tui.search.sliced_head import HeadSlicer
 PREFIX_CACHE_MODES = ("gpu", "cpu", "off")
 
 
-class _CachedPrefix(nn.Module):
-    """Stands in for blocks 0..b-1: ignores its input and returns block b's cached input."""
+class CachedPrefix(nn.Module):
+    """Stands in for blocks 0..b-1: ignores its input and returns block b's cached input (the search's
+    prefix cache, and the repair's walk through the model)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +82,7 @@ class Scorer:
         self._captured_for: frozenset[str] | None = None  # the removed set the cache was made for
         self._block_devices = pm.block_devices()
         self._tuple_outputs = False
-        self._stub = _CachedPrefix()
+        self._stub = CachedPrefix()
         self._sliced_head = HeadSlicer(pm.model)
         self._faults = OomPlan.from_env()
         if self.input_ids.device.type == "cpu":
